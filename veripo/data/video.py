@@ -1,0 +1,127 @@
+"""Video loading through qwen-vl-utils into Qwen2.5-VL processor inputs.
+
+`load_video(path, cfg)` reads one clip (decord) and samples and resizes frames as Video-R1 trains
+(fps or a fixed frame count, min/max pixels per frame, a frame cap), returning the frames with
+their metadata (fps, indices, total frames). `processor_inputs(processor, texts, videos)` turns
+chat texts and loaded videos into ``input_ids``, ``pixel_values_videos``, ``video_grid_thw`` and
+``second_per_grid_ts``. A missing or corrupt file raises `VideoLoadError` naming the file and the
+fix, or, with ``on_error="skip"``, is counted in `VideoStats` and left out.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from veripo import compat
+
+compat.install()  # forces the decord reader before qwen_vl_utils reads its environment
+
+
+class VideoLoadError(RuntimeError):
+    """A video that cannot be read; the message names the file and how to fix or skip it."""
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Frame sampling and size (the qwen-vl-utils element keys). Exactly one of fps / nframes."""
+
+    fps: float | None = 2.0
+    nframes: int | None = None
+    min_pixels: int = 16 * 28 * 28
+    max_pixels: int = 128 * 28 * 28
+    max_frames: int = 16
+    min_frames: int = 2
+    on_error: str = "raise"  # or "skip"
+
+    def __post_init__(self):
+        if (self.fps is None) == (self.nframes is None):
+            raise ValueError("video: set exactly one of fps and nframes (set the other to null)")
+        if self.nframes is not None and self.nframes < 2:
+            raise ValueError(f"video.nframes must be >= 2, got {self.nframes}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"video.fps must be > 0, got {self.fps}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"video: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.max_frames < self.min_frames or self.min_frames < 2:
+            raise ValueError(f"video: need 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"video.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+    def element(self, path: str) -> dict[str, Any]:
+        """The qwen-vl-utils message element for `path`."""
+        el: dict[str, Any] = {"type": "video", "video": path, "min_pixels": self.min_pixels,
+                              "max_pixels": self.max_pixels}
+        if self.nframes is not None:
+            el["nframes"] = self.nframes
+        else:
+            el.update(fps=self.fps, max_frames=self.max_frames, min_frames=self.min_frames)
+        return el
+
+
+@dataclass
+class VideoStats:
+    """Counts of what loading did, for the run's metrics."""
+
+    loaded: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadedVideo:
+    """Frames as float ``[T, 3, H, W]`` (0..255) and their metadata (fps, frames_indices, total_num_frames)."""
+
+    path: str
+    frames: Any
+    metadata: dict[str, Any]
+
+    def for_vllm(self) -> tuple[Any, dict[str, Any]]:
+        """The ``(frames, metadata)`` pair vLLM's ``multi_modal_data={"video": ...}`` takes."""
+        import numpy as np
+
+        frames = self.frames.permute(0, 2, 3, 1).clamp(0, 255).to(dtype=__import__("torch").uint8).numpy()
+        meta = dict(self.metadata)
+        meta.setdefault("duration", meta["total_num_frames"] / meta["fps"])
+        meta.setdefault("video_backend", "decord")
+        return np.ascontiguousarray(frames), meta
+
+
+def load_video(path: str | os.PathLike, cfg: VideoConfig = VideoConfig(), stats: VideoStats | None = None) -> LoadedVideo | None:
+    """Read, sample and resize one clip. Returns None only when ``cfg.on_error == "skip"`` and it failed."""
+    from qwen_vl_utils import fetch_video
+
+    path = str(path)
+    try:
+        if not os.path.isfile(path):
+            raise VideoLoadError(f"{path}: video file not found. Fix: check the record's \"path\" (relative paths "
+                                 "are resolved against the JSONL's folder), or set video.on_error=skip")
+        try:
+            frames, metadata = fetch_video(cfg.element(path), return_video_metadata=True)
+        except Exception as e:  # decord and the fallback reader raise many types for a bad file
+            raise VideoLoadError(f"{path}: cannot decode video ({e.__class__.__name__}: {str(e)[:200]}). "
+                                 "Fix: re-encode it (e.g. H.264 mp4), remove the record, or set video.on_error=skip") from e
+    except VideoLoadError as err:
+        if cfg.on_error == "raise":
+            raise
+        if stats is not None:
+            stats.skipped += 1
+            stats.errors.append(str(err))
+        return None
+    if stats is not None:
+        stats.loaded += 1
+    return LoadedVideo(path=path, frames=frames, metadata=metadata)
+
+
+def processor_inputs(processor, texts: Sequence[str], videos: Sequence[LoadedVideo] | None = None,
+                     padding: bool = True) -> dict[str, Any]:
+    """Tokenise chat `texts` (with ``<|video_pad|>`` placeholders) and pixelise `videos` in one call.
+
+    Frames are already resized by qwen-vl-utils, so the processor must not resize them again.
+    """
+    kwargs: dict[str, Any] = {"text": list(texts), "return_tensors": "pt", "padding": padding}
+    if videos:
+        kwargs.update(videos=[v.frames for v in videos], video_metadata=[v.metadata for v in videos],
+                      do_resize=False, do_sample_frames=False)
+    return dict(processor(**kwargs))
