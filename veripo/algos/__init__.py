@@ -42,6 +42,22 @@ from veripo.algos.losses import (
     register_policy_loss,
 )
 from veripo.algos.registry import Registry, UnknownNameError
+from veripo.algos.preference import (
+    DPO_KINDS,
+    PREFERENCE_LOSSES,
+    PreferenceHParams,
+    PreferenceInputs,
+    PreferenceLoss,
+    dpo_loss,
+    get_preference_loss,
+    leanpo_loss,
+    phrase_masks,
+    phrase_spans,
+    register_preference_loss,
+    rrpo_loss,
+    simpo_loss,
+    token_kl,
+)
 
 __all__ = [
     "ADV_ESTIMATORS", "AGG_MODES", "KL_ESTIMATORS", "POLICY_LOSSES",
@@ -51,4 +67,7 @@ __all__ = [
     "grpo_advantages", "kl_penalty", "naive_token_logprobs", "policy_loss", "prune_easy",
     "register_adv_estimator", "register_agg_mode", "register_kl", "register_policy_loss",
     "temporal_bonus", "token_logprobs",
+    "DPO_KINDS", "PREFERENCE_LOSSES", "PreferenceHParams", "PreferenceInputs", "PreferenceLoss", "dpo_loss",
+    "get_preference_loss", "leanpo_loss", "phrase_masks", "phrase_spans", "register_preference_loss", "rrpo_loss",
+    "simpo_loss", "token_kl",
 ]
