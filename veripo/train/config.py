@@ -30,6 +30,8 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    last_layers: int | None = None  # adapters only in the top N decoder layers (None: all). On a CPU this
+    # cuts the backward pass to those layers: the frozen layers below need no gradient at all.
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -42,6 +44,8 @@ class LoraConfig:
         if not targets or not all(isinstance(t, str) and t for t in targets):
             _fail(type(self), "target_modules", "must be a non-empty list of module names", self.target_modules)
         object.__setattr__(self, "target_modules", targets)
+        if self.last_layers is not None and (not isinstance(self.last_layers, int) or self.last_layers < 1):
+            _fail(type(self), "last_layers", "must be an integer >= 1 or None (all layers)", self.last_layers)
 
 
 @dataclass(frozen=True)

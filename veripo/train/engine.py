@@ -154,8 +154,13 @@ class PolicyEngine:
         from peft.tuners.lora import Linear as LoraLinear
 
         lc = self.cfg.lora
+        extra = {}
+        if lc.last_layers is not None:
+            text_cfg = getattr(base.config, "text_config", base.config)
+            n = text_cfg.num_hidden_layers
+            extra = {"layers_to_transform": list(range(max(0, n - lc.last_layers), n)), "layers_pattern": "layers"}
         model = peft.get_peft_model(base, peft.LoraConfig(r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                          target_modules=list(lc.target_modules)))
+                                                          target_modules=list(lc.target_modules), **extra))
         for name, module in model.named_modules():
             if hasattr(module, "lora_A") and hasattr(module, "base_layer") and not isinstance(module, LoraLinear):
                 kind = type(module.base_layer).__name__

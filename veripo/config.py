@@ -1,0 +1,300 @@
+"""Typed, frozen run configuration behind the Hydra recipes.
+
+A recipe (``recipes/*.yaml``) is composed by Hydra, turned into a plain dict and validated here into
+`RunConfig` before any model loads. Every error names the key (``grpo.group_size``), what is wrong
+and the allowed values; an unknown key gets the closest known names as suggestions.
+
+`from_dict(cls, data, prefix)` is the one converter: it walks any dataclass's fields, checks types
+(int, float, bool, str, Optional, list, dict, nested dataclasses, Literal-like choices given in
+``field(metadata={"choices": ...})``) and then the class's own ``__post_init__`` checks values.
+Sections owned by other packages (``train`` -> `veripo.train.TrainConfig`, ``rollout`` ->
+`veripo.rollout.RolloutConfig`) go through the same converter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad recipe value; the message names the key and the fix."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            raise ConfigError(f"{key}: a section is required here, got null")
+        return from_dict(tp, value, key)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}. Fix: write {key}=[a,b]")
+        inner = args[0] if args else Any
+        return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain mapping, checking keys, types and choices."""
+    where = prefix or "<root>"
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a section (mapping), got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(fields), n=3)
+        dotted = [f"{prefix}.{c}" if prefix else c for c in close]
+        hint = f" Did you mean {', '.join(dotted)}?" if close else ""
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key.{hint} "
+                          f"Known keys of {where}: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(value, hints[name], key)
+        choices = fields[name].metadata.get("choices")
+        if choices is not None and kwargs[name] is not None:
+            vals = kwargs[name] if isinstance(kwargs[name], list) else [kwargs[name]]
+            for v in vals:
+                if v not in choices:
+                    raise ConfigError(f"{key}: {v!r} is not allowed. Allowed values: {', '.join(map(str, choices))}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(prefix) and prefix else f"{where}: {msg}") from e
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass config back to plain data (for config.yaml and hashing)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def choice(default: Any, choices: tuple) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+STAGES = ("sft", "grpo", "verify", "preference", "eval")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "smollm2-135m-instruct"
+    chat_template: str | None = None  # override the tokenizer's template (a Jinja string)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic video-QA set, generated into the run folder when data.train is null."""
+
+    n: int = 64
+    seed: int = 0
+    difficulty: float = 0.3
+    frames: int = 8
+    test_fraction: float = 0.25
+
+    def __post_init__(self):
+        if self.n < 2:
+            raise ValueError(f"data.synth.n must be >= 2, got {self.n}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"data.synth.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class VideoSection:
+    fps: float | None = None
+    nframes: int | None = 8
+    min_pixels: int = 16 * 28 * 28
+    max_pixels: int = 128 * 28 * 28
+    max_frames: int = 16
+    on_error: str = choice("raise", ("raise", "skip"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None  # Video-R1 JSONL; null = generate the synthetic set
+    test: str | None = None
+    synth: SynthConfig = SynthConfig()
+    use_caption: bool = True  # text-only models read the per-frame caption
+    use_video: bool = False  # vision models get the clip itself
+    system_prompt: str | None = None
+    max_prompt_tokens: int = 1024
+    skip_bad: bool = False
+    video: VideoSection = VideoSection()
+
+    def __post_init__(self):
+        if not (self.use_caption or self.use_video):
+            raise ValueError("data: set use_caption or use_video (or both), else the model sees no video")
+        if self.test is not None and self.train is None:
+            raise ValueError("data.test is set but data.train is null. Fix: set data.train too, or neither")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Cold start: teach the <think>/<answer> format on reference answers before GRPO."""
+
+    steps: int = 20
+    batch_size: int = 8
+    lr: float = 5e-5
+    warmup_steps: int = 2
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"sft: need steps >= 0, batch_size >= 1, lr > 0 (got {self.steps}, {self.batch_size}, {self.lr})")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    steps: int = 10
+    prompts_per_step: int = 4
+    group_size: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 128
+    lr: float = 1e-5
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    kl_kind: str = choice("k3", ("k1", "abs", "k2", "k3"))
+    agg: str = choice("token-mean", ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                                     "seq-mean-token-sum-norm"))
+    norm_adv_by_std: bool = True
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
+    length_bonus: float = 0.0  # Video-R1's +w for correct answers with l_min..l_max reasoning tokens
+    length_min: int = 320
+    length_max: int = 512
+    temporal: bool = False  # T-GRPO (video prompts only)
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size must be >= 2 (group-relative advantages), got {self.group_size}")
+        if self.steps < 0 or self.prompts_per_step < 1 or self.max_tokens < 1:
+            raise ValueError("grpo: steps >= 0, prompts_per_step >= 1 and max_tokens >= 1 are required")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"grpo.dual_clip must be > 1 (or null), got {self.dual_clip}")
+        if not (0 < self.clip_low < 1 and self.clip_high > 0):
+            raise ValueError(f"grpo: need 0 < clip_low < 1 and clip_high > 0, got {self.clip_low}, {self.clip_high}")
+        if self.temperature <= 0:
+            raise ValueError(f"grpo.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # null: start a local cluster
+    num_cpus: int | None = None
+    trainer_workers: int = 1  # FSDP2 ranks (1 = single process)
+    rollout_workers: int = 1
+    reward_workers: int = 0  # 0 = score rewards in the driver
+
+    def __post_init__(self):
+        if self.trainer_workers < 1 or self.rollout_workers < 1 or self.reward_workers < 0:
+            raise ValueError("ray: trainer_workers and rollout_workers must be >= 1, reward_workers >= 0")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+    sample_every: int = 1  # print one sample rollout every N GRPO steps (0 = never)
+
+
+def _section_classes() -> dict[str, type]:
+    from veripo.rollout.types import RolloutConfig
+    from veripo.stages.preference import PreferenceConfig
+    from veripo.train.config import TrainConfig
+
+    return {"train": TrainConfig, "rollout": RolloutConfig, "preference": PreferenceConfig}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    resume: bool = True
+    stages: list[str] = choice(("sft", "grpo"), STAGES)
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    preference: Any = None  # veripo.stages.preference.PreferenceConfig
+    train: Any = None  # veripo.train.TrainConfig
+    rollout: Any = None  # veripo.rollout.RolloutConfig
+    ray: RayConfig = RayConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("stages: empty. Fix: e.g. stages=[sft,grpo]")
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages: {self.stages} names a stage twice")
+        implemented = ("sft", "grpo", "preference")
+        missing = [s for s in self.stages if s not in implemented]
+        if missing:
+            raise ValueError(f"stages: {', '.join(missing)} is not implemented in this version of veripo yet "
+                             f"(available: {', '.join(implemented)})")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        data = dict(data)
+        sections = {}
+        for key, section_cls in _section_classes().items():
+            sections[key] = from_dict(section_cls, data.pop(key, None) or {}, key)
+        cfg = from_dict(cls, data)
+        return dataclasses.replace(cfg, **sections)

@@ -1,0 +1,5 @@
+"""Metrics, progress bars and (later) the run report."""
+
+from veripo.report.metrics import MetricsLogger
+
+__all__ = ["MetricsLogger"]

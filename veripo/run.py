@@ -1,0 +1,100 @@
+"""Entry point: ``python -m veripo.run [recipe=NAME] [key=value ...]`` (``-m`` for Hydra multirun).
+
+Composes ``recipes/NAME.yaml`` (default ``smollm2_cpu``) with the overrides, validates it into a
+typed `RunConfig` before any model loads, and runs `Loop.fit()`. An unknown key fails at once with
+Hydra's message naming it; a bad value fails with the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_RECIPE = "smollm2_cpu"
+
+
+def recipes_dir() -> Path:
+    """``$VERIPO_RECIPES``, else the repository's ``recipes/`` beside the package."""
+    env = os.environ.get("VERIPO_RECIPES")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    if not path.is_dir():
+        raise SystemExit(f"veripo: recipe folder {path} not found. Fix: install veripo from its repository "
+                         "(pip install -e .) or set VERIPO_RECIPES to a folder of recipes")
+    return path
+
+
+def _rewrite_argv(argv: list[str]) -> list[str]:
+    """``recipe=NAME`` selects the recipe file (Hydra's --config-name); run folders are veripo's own."""
+    out, recipe = [], None
+    for arg in argv:
+        if arg.startswith("recipe="):
+            recipe = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+    if recipe is not None:
+        known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+        if recipe not in known:
+            raise SystemExit(f"veripo: recipe={recipe}: no such recipe. Known recipes: {', '.join(known)}")
+        out.append(f"--config-name={recipe}")
+    # Hydra's own output folder would duplicate veripo's run folder: keep Hydra quiet and in place.
+    for default in ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none",
+                    "hydra/hydra_logging=none"):
+        if not any(a.split("=")[0] == default.split("=")[0] for a in out):
+            out.append(default)
+    return out
+
+
+def check_override_keys(recipe: str, overrides: list[str]) -> None:
+    """Fail fast, before Hydra and any import of torch, on an override key the recipe does not have,
+    naming it, the closest known keys and the section's keys."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.to_container(OmegaConf.load(recipes_dir() / f"{recipe}.yaml"))
+    for arg in overrides:
+        if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0]
+        node, path = conf, []
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                section = ".".join(path) or "the recipe"
+                known = sorted(node) if isinstance(node, dict) else []
+                close = difflib.get_close_matches(part, known, n=3)
+                hint = f" Did you mean {', '.join('.'.join([*path, c]) for c in close)}?" if close else ""
+                raise SystemExit(f"veripo: {key}: unknown key in recipe {recipe}.{hint} "
+                                 f"Keys of {section}: {', '.join(known)}")
+            node, path = node[part], [*path, part]
+
+
+def task(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from veripo.config import ConfigError, RunConfig
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    try:
+        run_cfg = RunConfig.from_dict(data)
+    except ConfigError as e:
+        print(f"veripo: bad recipe value: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    from veripo.loop import Loop
+
+    Loop(run_cfg).fit()
+
+
+def main() -> None:
+    import hydra
+
+    argv = _rewrite_argv(sys.argv[1:])
+    names = [a.split("=", 1)[1] for a in argv if a.startswith("--config-name=")]
+    check_override_keys(names[-1] if names else DEFAULT_RECIPE, argv)
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=str(recipes_dir()), config_name=DEFAULT_RECIPE, version_base=None)(task)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""SFT cold start: teach the ``<think>…</think><answer>…</answer>`` format before GRPO.
+
+SmolLM2 does not produce the format on its own. The targets are the records' own chains of thought
+when they carry one (Video-R1-COT's ``process`` field) and otherwise a one-sentence reasoning
+stub around the ground-truth answer: enough to teach the format cheaply, leaving the reasoning to GRPO.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from veripo.data import Record
+
+
+def sft_target(record: Record) -> str:
+    """The response the cold start trains on for `record`."""
+    process = record.extra.get("process")
+    if isinstance(process, str) and "<think>" in process:
+        think = process.strip()
+    else:
+        think = "<think>I check each frame of the description against the question.</think>"
+    return f"{think}<answer>{record.answer}</answer>"
+
+
+@dataclass(frozen=True)
+class SFTLoss:
+    """Token-mean negative log-likelihood of the response tokens over the global batch."""
+
+    chunk_size: int | None = None
+
+    def __call__(self, logits, micro, ctx):
+        from veripo.algos import aggregate, token_logprobs
+
+        logp = token_logprobs(logits, micro.input_ids, chunk_size=self.chunk_size)
+        nll = -logp
+        loss = aggregate(nll, micro.loss_mask, "token-mean", denominator=ctx.global_tokens)
+        tokens = micro.loss_mask.sum().clamp(min=1)
+        return loss, {"nll": float((nll.detach() * micro.loss_mask).sum() / tokens)}
+
+
+def sft_batches(records: list[Record], prompts, tokenizer, steps: int, batch_size: int, seed: int):
+    """Yield `steps` (prompt_ids, response_ids) batches, cycling through shuffled records."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    eos = tokenizer.eos_token or ""
+    for _ in range(steps):
+        batch = []
+        while len(batch) < batch_size:
+            if not order:
+                order = list(range(len(records)))
+                rng.shuffle(order)
+            batch.append(order.pop())
+        p_ids = [prompts(records[i]).token_ids for i in batch]
+        r_ids = [tokenizer(sft_target(records[i]) + eos, add_special_tokens=False)["input_ids"] for i in batch]
+        yield p_ids, r_ids

@@ -1,0 +1,136 @@
+"""Plain worker classes: one rollout engine, one trainer rank, one reward scorer."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+class RolloutWorker:
+    """Owns one `RolloutEngine` (vLLM or HF) and receives weights in buckets."""
+
+    def __init__(self, rollout_cfg, model_path: str, threads: int | None = None):
+        from veripo import compat
+
+        compat.setup_vllm_cpu()
+        _set_threads(threads)
+        from veripo.rollout import build_engine
+
+        self.engine = build_engine(rollout_cfg, model_path)
+
+    def generate(self, requests, sampling, n: int):
+        return self.engine.generate(requests, sampling, n)
+
+    def update_weights(self, buckets: Sequence[Any]) -> dict:
+        """`buckets`: a list of ``{hf_name: tensor}`` dicts (or Ray object refs to them)."""
+        import time
+
+        t0 = time.perf_counter()
+        total = {"bytes": 0, "tensors": 0}
+
+        def stream() -> Iterable:
+            for bucket in buckets:
+                if not isinstance(bucket, dict):
+                    import ray
+
+                    bucket = ray.get(bucket)
+                for name, tensor in bucket.items():
+                    total["bytes"] += tensor.numel() * tensor.element_size()
+                    total["tensors"] += 1
+                    yield name, tensor
+
+        info = self.engine.update_weights(stream()) or {}
+        return {**info, **total, "seconds": time.perf_counter() - t0}
+
+    def verify_weights(self, buckets: Sequence[Any]) -> list[str]:
+        """Names whose weights inside the engine differ from `buckets` (empty: equal, bit for bit)."""
+        import ray
+
+        named = [(n, t) for b in buckets for n, t in (b if isinstance(b, dict) else ray.get(b)).items()]
+        return self.engine.verify_weights(named)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class TrainerWorker:
+    """One rank of the policy engine (a single process when world_size == 1)."""
+
+    def __init__(self, train_cfg, model_path: str, rank: int = 0, world_size: int = 1,
+                 master_addr: str | None = None, master_port: int | None = None, threads: int | None = None):
+        _set_threads(threads)
+        from veripo.train import PolicyEngine, init_process_group
+
+        self.rank, self.world_size = rank, world_size
+        dist = None
+        if world_size > 1:
+            dist = init_process_group(rank, world_size, master_addr or "127.0.0.1", master_port)
+        self.engine = PolicyEngine(train_cfg, model_path, dist=dist)
+
+    def train_step(self, batch, loss_fn) -> dict:
+        return self.engine.train_step(batch, loss_fn)
+
+    def logprobs(self, batch):
+        return self.engine.logprobs(batch)
+
+    def set_lr(self, lr: float, warmup_steps: int = 0, total_steps: int | None = None) -> None:
+        self.engine.reset_optimizer(lr=lr, warmup_steps=warmup_steps, total_steps=total_steps)
+
+    def weight_buckets(self, bucket_mb: int = 256, dtype: str | None = None) -> list[dict]:
+        """Full weights by HF name in buckets of about `bucket_mb` (every rank must call; rank 0 returns them)."""
+        import torch
+
+        buckets: list[dict] = []
+        current: dict = {}
+        size = 0
+        limit = bucket_mb * 2**20
+        td = getattr(torch, dtype) if dtype else None
+        for name, tensor in self.engine.named_parameters_for_sync():
+            if self.rank != 0:
+                continue
+            t = tensor.detach().to("cpu", dtype=td or tensor.dtype).contiguous()
+            current[name] = t
+            size += t.numel() * t.element_size()
+            if size >= limit:
+                buckets.append(current)
+                current, size = {}, 0
+        if current:
+            buckets.append(current)
+        return buckets
+
+    def save_checkpoint(self, path: str) -> None:
+        self.engine.save_checkpoint(path)
+
+    def load_checkpoint(self, path: str) -> None:
+        self.engine.load_checkpoint(path)
+
+    def export_hf(self, path: str) -> None:
+        self.engine.export_hf(path)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RewardScorer:
+    """Scores responses against their records with the rule rewards (one score + named components)."""
+
+    def __init__(self, weights: dict[str, float]):
+        from veripo.rewards import RewardFunction
+
+        self.fn = RewardFunction(weights)
+
+    def score(self, responses: Sequence[str], records: Sequence[Any]) -> list:
+        return [self.fn(r, rec) for r, rec in zip(responses, records)]
