@@ -282,6 +282,7 @@ def test_buckets_hold_whole_modules_and_respect_the_size():
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=0), "top_k"),
     (dict(max_tokens=0), "max_tokens"), (dict(max_tokens=2.5), "max_tokens"), (dict(seed=-1), "seed"),
     (dict(stop="</answer>"), "stop"), (dict(stop=[""]), "stop"), (dict(logprobs="all"), "logprobs"),
+    (dict(max_tokens=8, min_tokens=9), "min_tokens"), (dict(min_tokens=-1), "min_tokens"),
 ])
 def test_bad_sampling_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"SamplingConfig\.{field} "):

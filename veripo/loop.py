@@ -81,6 +81,8 @@ class Loop:
         from veripo.stages.grpo import GRPOStage
 
         g = self.cfg.grpo
+        if g.kl_coef > 0 and self.workers.reference is None:
+            self.workers.reference = self.make_reference("grpo")
         self.workers.trainer.set_lr(g.lr, 0, g.steps)
         stage = GRPOStage(g, self.workers, self.prompts, self.tokenizer, self.data.train, self.run_dir / "grpo",
                           self.metrics, self.cfg.seed, progress=self.cfg.logging.progress,
@@ -146,6 +148,16 @@ class Loop:
         self.workers.trainer.load_checkpoint(str(ckpt))
         self.sync_weights()
         self.last_done = None
+
+    def make_reference(self, stage: str):
+        """A frozen copy of the current policy (the KL anchor): exported once, loaded by its own ranks."""
+        from veripo.workers.group import TrainerGroup
+
+        path = self.run_dir / stage / "reference"
+        if not (path / "config.json").is_file():
+            self.workers.trainer.export_hf(str(path))
+        # num_cpus=0: it only runs forward passes between the policy's steps, never beside them
+        return TrainerGroup(self.cfg.train, str(path), self.cfg.ray.trainer_workers, 0, self.workers.threads)
 
     def sync_weights(self) -> dict:
         ref = self.workers.trainer.weight_buckets_ref(self.cfg.rollout.weight_sync_bucket_mb)

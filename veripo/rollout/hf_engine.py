@@ -116,7 +116,8 @@ class HFEngine:
         kw: dict[str, Any] = dict(max_new_tokens=max_new, num_return_sequences=n, return_dict_in_generate=True,
                                   output_scores=sampling.logprobs == "processed",
                                   output_logits=sampling.logprobs == "raw", eos_token_id=self.eos_ids,
-                                  pad_token_id=self.pad_id, do_sample=not sampling.greedy)
+                                  pad_token_id=self.pad_id, do_sample=not sampling.greedy,
+                                  min_new_tokens=min(sampling.min_tokens, max_new))
         if not sampling.greedy:  # a fresh config: the checkpoint's generation defaults (top_k=50, ...) do not leak in
             kw.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0)
         if sampling.stop:

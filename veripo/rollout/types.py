@@ -51,6 +51,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int | None = None
     max_tokens: int = 256
+    min_tokens: int = 0  # EOS and stop strings are ignored before this many tokens (fixed-length benchmarks)
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: str = "processed"
@@ -65,6 +66,8 @@ class SamplingConfig:
             _fail(own, "top_k", "must be None (off) or an integer >= 1", self.top_k)
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
             _fail(own, "max_tokens", "must be an integer >= 1", self.max_tokens)
+        if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
+            _fail(own, "min_tokens", "must be an integer in [0, max_tokens]", self.min_tokens)
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             _fail(own, "seed", "must be None or an integer in [0, 2**63)", self.seed)
         if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):

@@ -155,7 +155,8 @@ class VLLMEngine:
                              f"{self.cfg.logprobs_mode!r} log-probs (RolloutConfig.logprobs_mode, engine-wide in "
                              "vLLM). Fix: make them agree or use logprobs='none'")
         return SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                              top_k=sampling.top_k or 0, max_tokens=sampling.max_tokens, seed=seed,
+                              top_k=sampling.top_k or 0, max_tokens=sampling.max_tokens,
+                              min_tokens=sampling.min_tokens, seed=seed,
                               stop=list(sampling.stop) or None,
                               logprobs=None if sampling.logprobs == "none" else 0, flat_logprobs=True)
 

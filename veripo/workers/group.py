@@ -165,6 +165,9 @@ class Workers:
     trainer: TrainerGroup
     rollout: RolloutGroup
     rewards: RewardPool
+    cpus_per_actor: float = 1.0
+    threads: int | None = None
+    reference: TrainerGroup | None = None  # frozen policy for KL terms, made by the stage that needs it
 
     def close(self) -> None:
         self.rollout.close()
@@ -181,4 +184,5 @@ def launch_workers(cfg, model_path: str) -> Workers:
     threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, int(total))
     trainer = TrainerGroup(cfg.train, model_path, cfg.ray.trainer_workers, per, threads)
     rollout = RolloutGroup(cfg.rollout, model_path, cfg.ray.rollout_workers, per, threads)
-    return Workers(trainer=trainer, rollout=rollout, rewards=RewardPool(cfg.grpo.reward_weights, cfg.ray.reward_workers))
+    return Workers(trainer=trainer, rollout=rollout, rewards=RewardPool(cfg.grpo.reward_weights, cfg.ray.reward_workers),
+                   cpus_per_actor=per, threads=threads)
