@@ -80,12 +80,11 @@ def run_veripo(a) -> dict:
 
 
 def run_trl(a) -> dict:
-    import torch  # noqa: F401
+    import veripo  # noqa: F401  (first: the torchvision shim transformers' Trainer import needs on this CPU)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    import veripo  # noqa: F401  (torchvision shim for transformers on this CPU)
     from veripo.models import resolve_model
     from veripo.rewards import RewardFunction
 

@@ -170,7 +170,15 @@ class Workers:
     reference: TrainerGroup | None = None  # frozen policy for KL terms, made by the stage that needs it
 
     def close(self) -> None:
-        self.rollout.close()
+        """Shut the engines down and end every actor, so their memory is free for what runs next."""
+        import ray
+
+        try:
+            self.rollout.close()
+        finally:
+            groups = [self.trainer, self.rollout] + ([self.reference] if self.reference is not None else [])
+            for actor in [w for g in groups for w in g.workers] + list(self.rewards.actors):
+                ray.kill(actor)
 
 
 def launch_workers(cfg, model_path: str) -> Workers:
