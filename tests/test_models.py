@@ -1,7 +1,6 @@
 """Model sources: the embedded default materialises offline and generates; errors are clear; tiny VLM."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -6,7 +6,6 @@ stage and reads as the algorithm. Every rollout goes to ``rollouts.jsonl`` as a 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -190,6 +189,3 @@ class GRPOStage:
             f.write("\n".join(lines) + "\n")
             f.flush()
 
-
-def read_rollouts(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -8,17 +8,10 @@ engines; weights go from trainer rank 0 to every engine through Ray's object sto
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from veripo.workers.plain import RewardScorer, RolloutWorker, TrainerWorker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -42,7 +35,9 @@ class TrainerGroup:
     def __init__(self, train_cfg, model_path: str, world_size: int, cpus_per_actor: float, threads: int | None):
         import ray
 
-        port = _free_port()
+        from veripo.train.dist import free_port
+
+        port = free_port()
         cls = ray.remote(TrainerWorker).options(num_cpus=cpus_per_actor)
         self.workers = [cls.remote(train_cfg, model_path, rank, world_size, "127.0.0.1", port, threads)
                         for rank in range(world_size)]
