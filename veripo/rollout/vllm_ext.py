@@ -20,6 +20,8 @@ worker).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -98,6 +100,22 @@ def _effective(module: torch.nn.Module, param: str) -> torch.Tensor:
     return _probe_linear(module, in_features, tensor.dtype, tensor.device)
 
 
+@contextlib.contextmanager
+def _quiet_partial_reload_warnings():
+    """A bucket holds only some modules by design; vLLM's reload warns about every module it does not
+    hold ("Failed to load weights", "were not loaded from checkpoint"). The read-back checks
+    (`VLLMEngine.verify_weights`) are what prove a push complete, so those warnings are muted here."""
+    loggers = [logging.getLogger(f"vllm.model_executor.model_loader.reload.{m}") for m in ("layerwise", "inplace")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 class WeightSyncExtension:
     """Mixed into vLLM's worker class; `self` is the worker (``self.model_runner`` is its runner)."""
 
@@ -111,7 +129,8 @@ class WeightSyncExtension:
             weights = list(load_file(path, device="cpu").items())
         if not weights:
             return {"tensors": 0, "bytes": 0, "seconds": 0.0}
-        self.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        with _quiet_partial_reload_warnings():
+            self.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
         return {"tensors": len(weights), "bytes": sum(nbytes(t) for _, t in weights),
                 "seconds": time.perf_counter() - t0}
 
