@@ -45,22 +45,15 @@ class PromptBuilder:
 def policy_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
                  advantages: Sequence[float] | None = None):
     """Right-padded ``[B, T]`` prompt+response ids with ``loss_mask`` 1 on response tokens."""
-    import torch
-
     from veripo.train import PolicyBatch
 
-    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
-    T = max(len(s) for s in seqs)
-    B = len(seqs)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, T), dtype=torch.long)
-    loss_mask = torch.zeros((B, T), dtype=torch.float32)
-    for b, (p, s) in enumerate(zip(prompt_ids, seqs)):
-        input_ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-        attention_mask[b, :len(s)] = 1
-        loss_mask[b, len(p):len(s)] = 1.0
-    adv = None if advantages is None else torch.tensor(list(advantages), dtype=torch.float32)
-    return PolicyBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, advantages=adv)
+    samples = []
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        sample = {"input_ids": list(p) + list(r), "loss_mask": [0] * len(p) + [1] * len(r)}
+        if advantages is not None:
+            sample["advantages"] = float(advantages[i])
+        samples.append(sample)
+    return PolicyBatch.collate(samples, pad_id)
 
 
 @dataclass
