@@ -28,7 +28,7 @@ def finished_loop(tmp_path_factory):
     os.environ["OMP_NUM_THREADS"] = "2"
 
     data = OmegaConf.to_container(OmegaConf.load(recipes_dir() / "smollm2_cpu.yaml"), resolve=True)
-    data.update(name="it", output_dir=str(tmp_path_factory.mktemp("runs")))
+    data.update(name="it", output_dir=str(tmp_path_factory.mktemp("runs")), stages=["sft", "grpo"])
     # a short cold start leaves the format half learnt, so GRPO has a reward to climb within a few steps
     data["sft"].update(steps=SFT_STEPS, batch_size=4, lr=1e-4)
     data["grpo"].update(steps=STEPS, prompts_per_step=PROMPTS, group_size=GROUP, max_tokens=48, lr=3e-5)
@@ -53,7 +53,7 @@ def test_reward_rises_over_grpo_steps(finished_loop):
 
 
 def test_every_rollout_is_written_with_its_reward_and_advantage(finished_loop):
-    path = finished_loop.run_dir / "grpo" / "rollouts.jsonl"
+    path = finished_loop.run_dir / "iter0" / "grpo" / "rollouts.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == STEPS * PROMPTS * GROUP
     assert len({r["rollout_id"] for r in rows}) == len(rows)
@@ -75,8 +75,8 @@ def test_weights_inside_vllm_equal_the_trainers_after_sync(finished_loop):
 def test_run_folder_has_manifest_config_metrics_and_exports(finished_loop):
     run = Path(finished_loop.run_dir)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["stages"]["sft"]["done"] and manifest["stages"]["grpo"]["done"]
-    assert (run / "grpo" / "policy" / "config.json").is_file()
+    assert manifest["stages"]["iter0/sft"]["done"] and manifest["stages"]["iter0/grpo"]["done"]
+    assert (run / "iter0" / "grpo" / "policy" / "config.json").is_file()
     assert (run / "config.yaml").is_file() and list((run / "tensorboard").iterdir())
     sft = finished_loop.metrics.read("sft")
     assert len(sft) == SFT_STEPS and sft[-1]["loss"] < sft[0]["loss"]

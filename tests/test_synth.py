@@ -1,5 +1,5 @@
-"""The synthetic video-QA generator: determinism, playable clips, valid records, and answers that agree
-with the pixels and with the caption."""
+"""The synthetic video-QA generator: determinism, playable clips, valid records, answers that agree
+with the pixels and with the caption, and chains of thought that derive them from the caption."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 from veripo.data import synth
-from veripo.data.records import load_records
+from veripo.data.prompts import PromptStyle, build_prompt
+from veripo.data.records import Record, load_records
+from veripo.rewards import extract_answer, extract_think
+from veripo.stages.sft import sft_target
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 3
@@ -326,6 +329,133 @@ def test_progress_bar_when_asked(tmp_path, capsys):
     assert "synth clips" not in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------- chains of thought
+
+POINT = r"\((\d+), (\d+)\)"
+ENDS_RE = re.compile(r"<think>" + NAME_RE.pattern + r": frame (\d+) " + POINT + r", frame (\d+) " + POINT + r"\. ")
+
+
+def conclusion(process: str, problem_type: str) -> str:
+    """The answer a chain of thought ends on: its last "option X" or its last number."""
+    think = extract_think(process)
+    if problem_type == "multiple choice":
+        return re.findall(r"option ([A-H])\b", think)[-1]
+    return re.findall(r"\d+(?:\.\d+)?", think)[-1]
+
+
+def check_process(process: str, problem: str, family: str, caption: str, options, answer: str) -> None:
+    """The chain of thought reads only what the caption says, its steps hold, and it ends on the answer."""
+    assert process.startswith("<think>") and process.endswith("</think>") and process.count("<think>") == 1
+    assert extract_think(process) and "<answer>" not in process
+    assert extract_answer(process + f"<answer>{answer}</answer>") == answer
+    problem_type = {"count": "numerical", "distance": "regression"}.get(family, "multiple choice")
+    assert conclusion(process, problem_type) == answer, process
+
+    frames = parse_caption(caption)
+    seen = {n for f in frames for n in f}
+    first = {n: next(t for t, f in enumerate(frames) if n in f) for n in seen}
+    named = [" ".join(m) for m in NAME_RE.findall(process)]
+    assert set(named) <= seen, (process, caption)  # every object it names is in the caption
+    for x, y in re.findall(POINT, process):  # every position it quotes is written in the caption
+        assert f"({x}, {y})" in caption, (process, caption)
+
+    if family in ("direction", "distance"):
+        m = ENDS_RE.match(process)
+        assert m, process
+        colour, shape, a, x0, y0, b, x1, y1 = m.groups()
+        name = f"{colour} {shape}"
+        assert name == " ".join(NAME_RE.search(problem).groups())  # the question's object
+        a, b, x0, y0, x1, y1 = map(int, (a, b, x0, y0, x1, y1))
+        assert a == first[name] and b == len(frames) - 1
+        assert frames[a][name] == (x0, y0) and frames[b][name] == (x1, y1)
+        dx, dy = x1 - x0, y1 - y0
+        if family == "direction":
+            axis, delta = ("x", dx) if abs(dx) >= abs(dy) else ("y", dy)
+            word = {"x": ("left", "right"), "y": ("up", "down")}[axis][delta > 0]
+            assert f" {axis} {'grows' if delta > 0 else 'shrinks'}" in process
+            assert f"it moves {word}: option {answer}." in process and option_text(options, answer) == word
+        elif dx == 0 or dy == 0:
+            hi, lo, dist = map(int, re.search(r"(\d+) - (\d+) = (\d+)\.</think>$", process).groups())
+            assert hi - lo == dist == abs(dx + dy) and {hi, lo} == ({x0, x1} if dx else {y0, y1})
+        else:
+            m = re.search(r"x changes by (\d+), y by (\d+), so sqrt\((\d+)\^2 \+ (\d+)\^2\) (?:=|is about) ", process)
+            assert m and m.groups() == (str(abs(dx)), str(abs(dy))) * 2, process
+    elif family == "order":
+        listed = re.search(r"First frames: (.*?)\. The ", process).group(1).split(", ")
+        pairs = [(" ".join(item.split()[:2]), int(item.split()[2])) for item in listed]
+        assert pairs == sorted(first.items(), key=lambda kv: kv[1])  # every object, at its first frame
+        which = re.search(r"appears (first|second|last)", problem).group(1)
+        assert f"The {which} is the {option_text(options, answer)}: option {answer}." in process
+    else:
+        listed = re.search(r"Objects seen: (.*?)\. That is (\d+)\.", process)
+        names = listed.group(1).split(", ")
+        assert set(names) == seen and len(names) == len(seen) == int(listed.group(2))
+
+
+def test_every_record_carries_a_process_that_derives_its_answer_from_the_caption(dataset):
+    out, _ = dataset
+    recs = load_records(out / "train.jsonl") + load_records(out / "test.jsonl")
+    raw = {r["problem_id"]: r for s in ("train", "test") for r in read_split(out, s)}
+    for r in recs:
+        assert raw[r.problem_id]["process"] == r.extra["process"]  # a top-level JSONL field, like "family"
+        check_process(r.extra["process"], r.problem, r.extra["family"], r.caption, r.options, r.answer)
+        assert sft_target(r) == f"{r.extra['process']}<answer>{r.answer}</answer>"
+
+
+@pytest.mark.parametrize("difficulty,frames", [(0.0, 6), (0.3, 12), (0.6, 8), (1.0, 10)])
+@pytest.mark.parametrize("family", list(synth.FAMILIES))
+def test_process_reads_only_the_prompted_caption(family, difficulty, frames):
+    """For many scenes the process's objects, frames and positions all come from the caption that the
+    text-only prompt shows, and its conclusion is the ground truth."""
+    style = PromptStyle(use_caption=True, use_video=False)
+    for seed in range(15):
+        clip = synth.make_clip(seed, family, difficulty, frames=frames)
+        rec = synth._record(clip, f"p{seed}", "clips/x.mp4")
+        prompt = build_prompt(rec, style)
+        caption = prompt.split("Video description:\n", 1)[1].split("\n\nQuestion: ", 1)[0]
+        assert caption == rec.caption
+        check_process(rec.extra["process"], rec.problem, family, caption, rec.options, rec.answer)
+        assert rec.extra["process"] == synth.make_process(clip.scene, clip.question)  # deterministic
+
+
+def test_diagonal_distance_process_rounds_like_the_answer():
+    done = set()
+    for seed in range(60):
+        clip = synth.make_clip(seed, "distance", 1.0)
+        process, answer = synth.make_process(clip.scene, clip.question), clip.question.answer
+        if "sqrt(" not in process:
+            continue
+        dx, dy = map(int, re.search(r"sqrt\((\d+)\^2 \+ (\d+)\^2\)", process).groups())
+        assert process.endswith(f" {answer}.</think>") and answer == synth._format_number(math.hypot(dx, dy))
+        done.add(" = " in process)
+    assert False in done, "no rounded diagonal distance among the samples"
+
+
+def test_processes_fit_the_cpu_recipes_token_budget(smollm2_dir):
+    """The embedded recipe (difficulty 0, 6 frames) samples 64 tokens: a whole taught response
+    (process, answer, end of sequence) must fit, so GRPO can reward complete answers."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    for family in synth.FAMILIES:
+        lengths = []
+        for seed in range(25):
+            clip = synth.make_clip(seed, family, 0.0, frames=6)
+            target = sft_target(synth._record(clip, "x", "clips/x.mp4"))
+            lengths.append(len(tok(target, add_special_tokens=False)["input_ids"]) + 1)
+        assert max(lengths) <= 64, (family, lengths)
+
+
+def test_sft_target_falls_back_to_a_stub_without_a_usable_process():
+    rec = synth._record(synth.make_clip(0, "count"), "x", "clips/x.mp4")
+    for extra in ({}, {"process": "no tags here"}, {"process": "<think>unclosed"}, {"process": 3}):
+        stub = Record(rec.problem_id, rec.problem, rec.data_type, rec.problem_type, rec.solution, path=rec.path,
+                      caption=rec.caption, extra=extra)
+        target = sft_target(stub)
+        assert extract_think(target) and extract_answer(target) == rec.answer
+        assert "unclosed" not in target and "no tags" not in target
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -353,7 +483,7 @@ def _env() -> dict:
 def test_cli_writes_a_dataset(tmp_path):
     out = tmp_path / "tmp"
     proc = subprocess.run([sys.executable, "-m", "veripo.data.synth", "--out", str(out), "--n", "4", "--seed", "1"],
-                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 4 clips" in proc.stdout
     assert len(load_records(out / "train.jsonl", check_media=True)) + len(load_records(out / "test.jsonl")) == 4
@@ -362,7 +492,7 @@ def test_cli_writes_a_dataset(tmp_path):
 
 def test_cli_bad_n_exits_with_a_message(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "veripo.data.synth", "--out", str(tmp_path / "x"), "--n", "0"],
-                          capture_output=True, text=True, env=_env(), timeout=120)
+                          capture_output=True, text=True, env=_env(), timeout=120, check=False)
     assert proc.returncode == 2
     assert "--n" in proc.stderr and ">= 1" in proc.stderr
     assert not (tmp_path / "x").exists()

@@ -110,7 +110,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         raise
     except (ValueError, TypeError) as e:
         msg = str(e)
-        raise ConfigError(msg if msg.startswith(prefix) and prefix else f"{where}: {msg}") from e
+        raise ConfigError(msg if not prefix or msg.startswith(prefix) else f"{prefix}: {msg}") from e
 
 
 def to_dict(obj: Any) -> Any:
@@ -129,6 +129,40 @@ def choice(default: Any, choices: tuple) -> Any:
 
 
 STAGES = ("sft", "grpo", "verify", "preference", "eval")
+
+
+def check_stages(stages: list[str]) -> None:
+    """The per-iteration stage list: each stage once, except ``eval``, which may follow any stage (it
+    evaluates the policy that stage left); ``sft`` (the cold start) only first; ``verify`` after ``grpo``."""
+    names = [s for s in stages if s != "eval"]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stages: {stages} names a stage twice (only eval may repeat)")
+    for a, b in zip(stages, stages[1:]):
+        if a == b == "eval":
+            raise ValueError(f"stages: {stages} has eval twice in a row")
+    if "sft" in stages and stages.index("sft") != 0:
+        raise ValueError(f"stages: sft is the cold start and must come first, got {stages}")
+    if "verify" in stages and ("grpo" not in stages or stages.index("grpo") > stages.index("verify")):
+        raise ValueError(f"stages: verify reads the iteration's GRPO rollouts, so grpo must come before it: {stages}")
+    if "verify" in stages and "preference" in stages and stages.index("preference") < stages.index("verify"):
+        raise ValueError(f"stages: preference trains on the verifier's pairs, so verify must come before it: {stages}")
+
+
+def stage_plan(stages: list[str], iteration: int) -> list[str]:
+    """Stage ids of one iteration, in order: ``sft`` only in iteration 0 (with an eval right after it),
+    and each eval named after the stage it follows (``eval_grpo``; ``eval_base`` when it comes first)."""
+    out: list[str] = []
+    prev = "base"
+    for name in stages:
+        if name == "eval":
+            if not (prev == "sft" and iteration > 0):
+                out.append(f"eval_{prev}")
+            continue
+        prev = name
+        if name == "sft" and iteration > 0:
+            continue
+        out.append(name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -234,6 +268,90 @@ class GRPOConfig:
 
 
 @dataclass(frozen=True)
+class VerifySection:
+    """The verify stage: the iteration's GRPO rollouts -> rule checks + judge -> contrastive pairs.
+
+    `mode` ``consistency`` is VerIPO's rollout-aware verifier (penalty / consistency / reflection pairs,
+    ALGORITHMS.md section 3); ``caption`` is the LLaVA-Hound caption-proxy judge (best vs worst).
+    The judge runs on its own engine (a Ray actor holding `judge_model` on vLLM, `judge_gpus` GPUs)
+    unless `judge` is ``openai`` (an endpoint at `base_url`) or ``none`` (rule checks only).
+    `config` overrides `verifier.VerifierConfig` fields (e.g. ``{max_pairs_per_prompt: 3}``).
+    """
+
+    mode: str = choice("consistency", ("consistency", "caption"))
+    judge: str = choice("vllm", ("vllm", "openai", "none"))
+    judge_model: str = "smollm2-135m-instruct"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    judge_max_tokens: int = 32
+    judge_gpus: float = 0.0
+    judge_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments for the judge
+    last_steps: int | None = None  # null: every GRPO step of the iteration; N: only the last N steps
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.judge == "openai" and not self.base_url:
+            raise ValueError("verify.base_url is required with verify.judge=openai (e.g. http://127.0.0.1:8000/v1)")
+        if self.mode == "caption" and self.judge == "none":
+            raise ValueError("verify.mode=caption needs a judge: set verify.judge=vllm or openai")
+        if self.last_steps is not None and self.last_steps < 1:
+            raise ValueError(f"verify.last_steps must be >= 1 or null, got {self.last_steps}")
+        self.verifier_config()
+
+    def verifier_config(self):
+        """`verifier.VerifierConfig` with `config`'s overrides (errors name ``verify.config.KEY``)."""
+        from verifier.config import ConfigError as VerifierConfigError, VerifierConfig
+
+        try:
+            return VerifierConfig.from_dict(dict(self.config))
+        except VerifierConfigError as e:
+            raise ValueError(f"verify.config.{e.field}: {str(e).split(': ', 1)[-1]}") from e
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Held-out evaluation (`veripo.eval`) on the test split: greedy answers, accuracy per problem type,
+    MRA, format rate and the verifier's inconsistency rate (when `judge` is true and verify has a judge)."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    limit: int | None = None  # null: the whole test split
+    judge: bool = True
+
+    def __post_init__(self):
+        if self.max_tokens < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("eval: max_tokens >= 1 and limit >= 1 (or null) are required")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """VerIPO easy-sample pruning between iterations (ALGORITHMS.md section 1): a prompt whose G rollouts
+    (its latest group in the iteration) were all accurate is dropped from the next GRPO round with
+    probability `p`."""
+
+    enabled: bool = True
+    p: float = 0.8
+    accuracy_threshold: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"prune.p must be in [0, 1], got {self.p}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Step checkpoints inside a stage (model, optimizer, schedule, RNG; atomic): a killed run resumes
+    from the last one, recomputing at most `every` - 1 steps plus the step that was running."""
+
+    every: int = 1
+    keep_stage_checkpoints: bool = True  # False: delete a stage's checkpoint once the next stage is done
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ValueError(f"checkpoint.every must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     address: str | None = None  # null: start a local cluster
     num_cpus: int | None = None
@@ -269,6 +387,7 @@ class RunConfig:
     seed: int = 0
     resume: bool = True
     stages: list[str] = choice(("sft", "grpo"), STAGES)
+    iterations: int = 1
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
@@ -276,19 +395,19 @@ class RunConfig:
     preference: Any = None  # veripo.stages.preference.PreferenceConfig
     train: Any = None  # veripo.train.TrainConfig
     rollout: Any = None  # veripo.rollout.RolloutConfig
+    verify: VerifySection = VerifySection()
+    eval: EvalSection = EvalSection()
+    prune: PruneConfig = PruneConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     ray: RayConfig = RayConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def __post_init__(self):
         if not self.stages:
             raise ValueError("stages: empty. Fix: e.g. stages=[sft,grpo]")
-        if len(set(self.stages)) != len(self.stages):
-            raise ValueError(f"stages: {self.stages} names a stage twice")
-        implemented = ("sft", "grpo", "preference")
-        missing = [s for s in self.stages if s not in implemented]
-        if missing:
-            raise ValueError(f"stages: {', '.join(missing)} is not implemented in this version of veripo yet "
-                             f"(available: {', '.join(implemented)})")
+        check_stages(self.stages)
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":

@@ -391,3 +391,28 @@ def read_pairs(path: str | os.PathLike, skip_bad: bool = False, report: LoadRepo
 def write_pairs(path: str | os.PathLike, pairs: Iterable[PreferencePair]) -> Path:
     """Write pairs atomically (replaces the file)."""
     return write_jsonl(path, pairs)
+
+
+def truncate_rollouts(path: str | os.PathLike, from_step: int) -> int:
+    """Keep only the rollouts of steps before `from_step` (and no torn line) in a growing
+    ``rollouts.jsonl``, atomically; a resumed GRPO stage calls this before redoing `from_step`.
+    Returns the number of lines dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            dropped += 1
+            continue
+        if step < from_step:
+            keep.append(json.loads(line))
+        else:
+            dropped += 1
+    if dropped:
+        write_jsonl(path, keep)
+    return dropped

@@ -14,7 +14,17 @@ distance      regression         how many pixels does the red circle travel?
 ============  =================  ==========================================================
 
 The records follow the Video-R1 layout (`veripo.data.records.Record`); every record carries a
-per-frame caption complete enough for a text-only model to answer from it. A data set is::
+per-frame caption complete enough for a text-only model to answer from it, and a short Video-R1-COT
+style chain of thought (``"process": "<think>...</think>"``, for the SFT cold start) that derives the
+answer from that caption alone (`make_process`)::
+
+    direction  <think>green square: frame 0 (76, 16), frame 5 (56, 16). x shrinks, so it moves left: option B.</think>
+    order      <think>First frames: yellow circle 0, cyan triangle 2, white triangle 4. The second is the cyan
+               triangle: option D.</think>
+    count      <think>Objects seen: yellow triangle, blue square. That is 2.</think>
+    distance   <think>purple triangle: frame 0 (43, 46), frame 5 (43, 76). Only y changes: 76 - 46 = 30.</think>
+
+A data set is::
 
     DIR/train.jsonl  DIR/test.jsonl  DIR/clips/00000.mp4 ...  DIR/meta.json
 
@@ -32,16 +42,16 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from veripo.data.records import Record, write_records
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 DATA_SOURCE = "veripo-synth"
 DEFAULT_DIFFICULTY = 0.3
 DEFAULT_TEST_FRACTION = 0.2
@@ -89,7 +99,7 @@ class VideoParams:
             raise ValueError(f"video fps must be an integer in [1, 60], got {self.fps!r}")
 
     @classmethod
-    def from_kwargs(cls, params: dict) -> "VideoParams":
+    def from_kwargs(cls, params: dict) -> VideoParams:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(params) - set(known))
         if unknown:
@@ -182,8 +192,8 @@ class Scene:
 
     def caption(self) -> str:
         """Per-frame text: which objects are visible and where their centres are."""
-        parts = [f"A {self.width}x{self.height} video of {self.frames} frames; (x, y) is an object's centre"
-                 " in pixels, x grows to the right and y grows downward."]
+        parts = [(f"A {self.width}x{self.height} video of {self.frames} frames; (x, y) is an object's centre"
+                  " in pixels, x grows to the right and y grows downward.")]
         for t in range(self.frames):
             seen = [f"{o.name} ({p[0]}, {p[1]})" for o in self.objects if (p := o.position(t)) is not None]
             parts.append(f"frame {t}: {', '.join(seen) if seen else 'no objects'}.")
@@ -433,6 +443,96 @@ def _count(rng: np.random.Generator, k: _Knobs) -> tuple[list[SceneObject], Ques
     return objects, q
 
 
+# --------------------------------------------------------------------------- chains of thought
+#
+# Every record carries a short Video-R1-COT style `process` ("<think>...</think>") for the SFT cold
+# start. It reads only what the caption says (first frames, positions as printed) and ends on the
+# answer: "option X" for multiple choice, the number last for numerical and regression questions.
+
+ProcessWriter = Callable[[Scene, Question], str]
+PROCESSES: dict[str, ProcessWriter] = {}
+
+
+def register_process(name: str) -> Callable[[ProcessWriter], ProcessWriter]:
+    def deco(fn: ProcessWriter) -> ProcessWriter:
+        PROCESSES[name] = fn
+        return fn
+    return deco
+
+
+def _first_frame(obj: SceneObject, frames: int) -> int:
+    """The first caption frame listing obj (its appearance frame, which is always inside the clip)."""
+    return next(t for t in range(frames) if obj.position(t) is not None)
+
+
+def _seen_in_order(scene: Scene) -> list[tuple[SceneObject, int]]:
+    """(object, first caption frame) in the order a reader of the caption meets them."""
+    firsts = [(o, _first_frame(o, scene.frames)) for o in scene.objects]
+    return sorted(firsts, key=lambda pair: pair[1])  # stable: ties keep the caption's order
+
+
+def _ends(scene: Scene, name: str) -> tuple[str, tuple[int, int], tuple[int, int]]:
+    """The NAME's centre in the first caption frame listing it and in the last frame, as text
+    ('NAME: frame a (x0, y0), frame b (x1, y1)', positions written as the caption writes them) and the
+    two points."""
+    [obj] = [o for o in scene.objects if o.name == name]
+    a, b = _first_frame(obj, scene.frames), scene.frames - 1
+    p0, p1 = obj.position(a), obj.position(b)
+    return f"{name}: frame {a} ({p0[0]}, {p0[1]}), frame {b} ({p1[0]}, {p1[1]})", p0, p1
+
+
+def _option_letter(q: Question, text: str) -> str:
+    return next(o[0] for o in q.options if o[3:] == text)
+
+
+@register_process("direction")
+def _direction_process(scene: Scene, q: Question) -> str:
+    """The target's first and last position; the coordinate that changes most and its sign give the way."""
+    path, (x0, y0), (x1, y1) = _ends(scene, q.target)
+    dx, dy = x1 - x0, y1 - y0
+    axis, delta = ("x", dx) if abs(dx) >= abs(dy) else ("y", dy)
+    direction = {"x": ("left", "right"), "y": ("up", "down")}[axis][delta > 0]
+    change = ("grows" if delta > 0 else "shrinks") + (" most" if dx and dy else "")
+    return f"<think>{path}. {axis} {change}, so it moves {direction}: option {_option_letter(q, direction)}.</think>"
+
+
+@register_process("order")
+def _order_process(scene: Scene, q: Question) -> str:
+    seen = _seen_in_order(scene)
+    which = q.problem.split(" appears ")[1].split()[0]  # first / second / last
+    firsts = ", ".join(f"{o.name} {t}" for o, t in seen)
+    name = {"first": seen[0], "second": seen[1], "last": seen[-1]}[which][0].name
+    return f"<think>First frames: {firsts}. The {which} is the {name}: option {_option_letter(q, name)}.</think>"
+
+
+@register_process("count")
+def _count_process(scene: Scene, q: Question) -> str:
+    names = [o.name for o, _ in _seen_in_order(scene)]
+    return f"<think>Objects seen: {', '.join(names)}. That is {len(names)}.</think>"
+
+
+@register_process("distance")
+def _distance_process(scene: Scene, q: Question) -> str:
+    """The target's first and last position; the path is straight, so its length is their distance:
+    the one coordinate's change for an axis move, Pythagoras for a diagonal (rounded like the answer)."""
+    path, (x0, y0), (x1, y1) = _ends(scene, q.target)
+    dx, dy = abs(x1 - x0), abs(y1 - y0)
+    dist = _format_number(math.hypot(dx, dy))
+    if dx == 0 or dy == 0:
+        a, b = (x0, x1) if dx else (y0, y1)
+        how = f"Only {'x' if dx else 'y'} changes: {max(a, b)} - {min(a, b)} = {dist}"
+    else:
+        equals = "=" if float(dist) == math.hypot(dx, dy) else "is about"
+        how = f"x changes by {dx}, y by {dy}, so sqrt({dx}^2 + {dy}^2) {equals} {dist}"
+    return f"<think>{path}. {how}.</think>"
+
+
+def make_process(scene: Scene, question: Question) -> str | None:
+    """The record's chain of thought, derived from the caption; None for a family without a writer."""
+    writer = PROCESSES.get(question.family)
+    return writer(scene, question) if writer else None
+
+
 # --------------------------------------------------------------------------- rendering and encoding
 
 
@@ -534,9 +634,12 @@ def make_clip(rng_or_seed: np.random.Generator | np.random.SeedSequence | int, f
 
 def _record(clip: Clip, problem_id: str, rel_path: str) -> Record:
     q = clip.question
+    extra = {"family": q.family}
+    if (process := make_process(clip.scene, q)) is not None:
+        extra["process"] = process
     return Record(problem_id=problem_id, problem=q.problem, data_type="video", problem_type=q.problem_type,
                   solution=q.solution, options=q.options, path=rel_path, data_source=DATA_SOURCE,
-                  caption=clip.scene.caption(), extra={"family": q.family})
+                  caption=clip.scene.caption(), extra=extra)
 
 
 def _split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
@@ -582,7 +685,7 @@ def generate(out_dir: str | os.PathLike, n: int, seed: int = 0, difficulty: floa
 
     out = Path(out_dir)
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    n_train, n_test = _split_sizes(n, test_fraction)
+    n_train, _ = _split_sizes(n, test_fraction)
     from tqdm import tqdm
 
     bar = tqdm(total=n, desc="synth clips", unit="clip", disable=(n < 50) if progress is None else not progress)

@@ -18,15 +18,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a crash mid-write
+            continue
+    return rows
+
+
 class MetricsLogger:
     """One logger per run: `log(stage, step, metrics)` appends a JSON line and writes scalars.
 
-    Each line carries the stage, its step and wall time, so a resumed run appends to the same file.
+    Each line carries the stage, its step and wall time (and `context`, e.g. the loop's iteration), so a
+    resumed run appends to the same file after `truncate` dropped the rows of the steps it redoes.
     """
 
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, wandb: bool = False, run_name: str = ""):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.context: dict[str, Any] = {}  # merged into every row (the loop sets {"iteration": i})
+        self.step_offset = 0  # added to `step` for TensorBoard / W&B (iterations laid end to end)
         self._tb = None
         self._wandb = None
         if tensorboard:
@@ -42,12 +57,12 @@ class MetricsLogger:
                 self._wandb = _wandb.init(project="veripo", name=run_name, dir=str(run_dir), resume="allow")
 
     def log(self, stage: str, step: int, metrics: dict[str, Any], global_step: int | None = None) -> None:
-        row = {"stage": stage, "step": step, "time": round(time.time(), 3)}
+        row = {"stage": stage, "step": step, "time": round(time.time(), 3), **self.context}
         row.update({k: _plain(v) for k, v in metrics.items()})
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        gs = step if global_step is None else global_step
-        scalars = {f"{stage}/{k}": v for k, v in row.items() if k not in ("stage", "step", "time")
+        gs = step + self.step_offset if global_step is None else global_step
+        scalars = {f"{stage}/{k}": v for k, v in row.items() if k not in ("stage", "step", "time", *self.context)
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
             for k, v in scalars.items():
@@ -59,8 +74,20 @@ class MetricsLogger:
     def read(self, stage: str | None = None) -> list[dict]:
         if not self.path.is_file():
             return []
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        return [r for r in rows if stage is None or r["stage"] == stage]
+        return [r for r in _read_rows(self.path) if stage is None or r["stage"] == stage]
+
+    def truncate(self, stage: str, from_step: int, **match: Any) -> int:
+        """Drop `stage`'s rows with ``step >= from_step`` (and the `match` fields, e.g. iteration=1), and any
+        torn line a crash left; atomic. A resumed stage calls this before redoing those steps."""
+        if not self.path.is_file():
+            return 0
+        rows = _read_rows(self.path)
+        keep = [r for r in rows if not (r.get("stage") == stage and r.get("step", 0) >= from_step
+                                        and all(r.get(k) == v for k, v in match.items()))]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+        return len(rows) - len(keep)
 
     def close(self) -> None:
         if self._tb is not None:

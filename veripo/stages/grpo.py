@@ -6,6 +6,7 @@ stage and reads as the algorithm. Every rollout goes to ``rollouts.jsonl`` as a 
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Sequence
 from veripo.config import GRPOConfig
 from veripo.data import Record
 from veripo.data.rollouts import Rollout
+from veripo.faults import fault_point
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,9 @@ class GRPOLoss:
                    kl_kind=g.kl_kind, agg=g.agg)
 
 
-def sample_prompts(pool: Sequence[Record], k: int, seed: int, step: int) -> list[Record]:
-    """`k` records for `step`, without replacement, deterministic in (seed, step)."""
-    rng = random.Random(f"{seed}:{step}")
+def sample_prompts(pool: Sequence[Record], k: int, seed: int, step: int, iteration: int = 0) -> list[Record]:
+    """`k` records for `step`, without replacement, deterministic in (seed, iteration, step)."""
+    rng = random.Random(f"{seed}:{step}" if iteration == 0 else f"{seed}:{iteration}:{step}")
     return rng.sample(list(pool), min(k, len(pool)))
 
 
@@ -97,13 +99,15 @@ class GRPOStage:
         from veripo.rollout import GenerationRequest, SamplingConfig
 
         t0 = time.perf_counter()
-        records = sample_prompts(self.records, self.cfg.prompts_per_step, self.seed, step)
+        records = sample_prompts(self.records, self.cfg.prompts_per_step, self.seed, step, self.iteration)
         prompts = [self.prompts(r) for r in records]
         requests = [GenerationRequest(prompt_token_ids=p.token_ids, request_id=f"{r.problem_id}") for p, r in zip(prompts, records)]
         sampling = SamplingConfig(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                  max_tokens=self.cfg.max_tokens, seed=self.seed * 100_003 + step)
+                                  max_tokens=self.cfg.max_tokens,
+                                  seed=self.seed * 100_003 + self.iteration * 10_007 + step)
         samples = self.workers.rollout.generate(requests, sampling, self.cfg.group_size)
         t_rollout = time.perf_counter() - t0
+        fault_point("grpo.rollout")
 
         flat = [(g, rec, p, s) for g, (rec, p, group) in enumerate(zip(records, prompts, samples)) for s in group]
         scores = self.workers.rewards.score([s.text for *_, s in flat], [rec for _, rec, _, _ in flat])
@@ -188,4 +192,5 @@ class GRPOStage:
         with open(self.rollouts_path, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
             f.flush()
+            os.fsync(f.fileno())
 

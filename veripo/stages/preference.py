@@ -31,6 +31,7 @@ import copy
 import inspect
 import logging
 import math
+import os
 import random
 import tempfile
 import time
@@ -431,7 +432,8 @@ def _logger(metrics) -> Callable[[int, dict], None]:
 
 def run_preference_stage(cfg: PreferenceConfig, trainer, pairs: Sequence[PreferencePair], tokenizer, prompts=None,
                          metrics=None, progress: bool = False, *, processor=None, video_cfg=None, reference: Any = None,
-                         out_dir: str | Path | None = None, seed: int = 0, chunk_size: int | None = None) -> list[dict]:
+                         out_dir: str | Path | None = None, seed: int = 0, chunk_size: int | None = None,
+                         start_step: int = 0, on_step_done: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train `trainer` on `pairs` with ``cfg.loss``; returns one metrics dict per step.
 
     Args:
@@ -445,7 +447,11 @@ def run_preference_stage(cfg: PreferenceConfig, trainer, pairs: Sequence[Prefere
         processor / video_cfg: for vision models, the processor and `VideoConfig`; video pairs then
             carry their frames.
         reference: RRPO's frozen reference (HF folder or module); None builds one with `frozen_reference`.
-        out_dir: where an exported reference goes (RRPO in a multi-process trainer).
+        out_dir: where an exported reference goes (RRPO in a multi-process trainer), and where the
+            reference log-probs are kept (``reference_logps.pt``) so a resumed stage scores against the
+            stage's starting weights, not the half-trained ones.
+        start_step / on_step_done: resume at `start_step` of the (deterministic) schedule; the callback
+            runs after every step (the loop checkpoints there).
     """
     spec = get_preference_loss(cfg.loss)
     t0 = time.perf_counter()
@@ -467,10 +473,27 @@ def run_preference_stage(cfg: PreferenceConfig, trainer, pairs: Sequence[Prefere
         return []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if spec.needs_reference:
-        attach_reference_logps(trainer, encoded, pad_id, cfg.batch_size)
+        cache = Path(out_dir) / "reference_logps.pt" if out_dir else None
+        if not _load_reference_logps(cache, encoded):
+            if start_step > 0:
+                raise RuntimeError(f"preference: resuming at step {start_step} needs the stage's reference "
+                                   f"log-probs, but {cache} is missing. Fix: delete the stage's checkpoint to "
+                                   "restart the stage")
+            attach_reference_logps(trainer, encoded, pad_id, cfg.batch_size)
+            _save_reference_logps(cache, encoded)
     hp = cfg.hparams()
     needs_model = spec.needs_token_kl and hp.alpha > 0
-    ref_model = (reference if reference is not None else frozen_reference(trainer, out_dir)) if needs_model else None
+    ref_model = None
+    if needs_model:
+        exported = Path(out_dir) / "reference" if out_dir else None
+        if reference is not None:
+            ref_model = reference
+        elif exported is not None and (exported / ".complete").is_file():
+            ref_model = str(exported)
+        else:
+            ref_model = frozen_reference(trainer, out_dir)
+            if isinstance(ref_model, str):
+                (Path(ref_model) / ".complete").write_text("")
     if chunk_size is None:  # the engine's own setting, when the trainer exposes it
         chunk_size = getattr(getattr(trainer, "cfg", None), "logprob_chunk_size", None)
     loss_fn = PreferenceLossFn(cfg.loss, hp, chunk_size=chunk_size, reference=ref_model)
@@ -481,9 +504,36 @@ def run_preference_stage(cfg: PreferenceConfig, trainer, pairs: Sequence[Prefere
     from tqdm import tqdm
 
     history = []
-    for step, idx in enumerate(tqdm(plan, desc=f"preference/{cfg.loss}", disable=not progress, unit="step")):
+    bar = tqdm(range(start_step, len(plan)), desc=f"preference/{cfg.loss}", disable=not progress, unit="step",
+               initial=start_step, total=len(plan))
+    for step in bar:
+        idx = plan[step]
         batch = pair_batch([encoded[i] for i in idx], pad_id, phrases=spec.needs_phrases)
         row = {**setup, "step_pairs": len(idx), **trainer.train_step(batch, loss_fn)}
         history.append(row)
         log_row(step, row)
+        if on_step_done is not None:
+            on_step_done(step, row)
     return history
+
+
+def _save_reference_logps(path: Path | None, pairs: Sequence[EncodedPair]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {p.pair_id: (p.chosen["ref_logp"], p.rejected["ref_logp"]) for p in pairs}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_reference_logps(path: Path | None, pairs: Sequence[EncodedPair]) -> bool:
+    """Attach saved reference log-probs when the file covers exactly these pairs (else False)."""
+    if path is None or not path.is_file():
+        return False
+    state = torch.load(path, weights_only=True)
+    if set(state) != {p.pair_id for p in pairs}:
+        return False
+    for p in pairs:
+        p.chosen["ref_logp"], p.rejected["ref_logp"] = state[p.pair_id]
+    return True

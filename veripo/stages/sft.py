@@ -1,8 +1,14 @@
 """SFT cold start: teach the ``<think>…</think><answer>…</answer>`` format before GRPO.
 
-SmolLM2 does not produce the format on its own. The targets are the records' own chains of thought
-when they carry one (Video-R1-COT's ``process`` field) and otherwise a one-sentence reasoning
-stub around the ground-truth answer: enough to teach the format cheaply, leaving the reasoning to GRPO.
+SmolLM2 does not produce the format on its own. The target for a record is its own chain of thought
+(Video-R1-COT's ``process`` field, ``<think>…</think>``) followed by ``<answer>ground truth</answer>``.
+The synthetic generator (`veripo.data.synth`, version 2 on) writes a short ``process`` for every
+record that derives the answer step by step from the caption the prompt shows (positions in the first
+and last frame → direction or distance; first frames → order; the objects seen → count), so the cold
+start teaches a reasoning pattern the model can reuse on unseen clips, not only the format. A record
+without a usable process (no ``process``, or one without a ``<think>…</think>`` pair) falls back to a
+one-sentence stub around the answer: that teaches the format only, and a model trained mostly on stubs
+learns to copy the stub, leaving all the reasoning to GRPO.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ from veripo.data import Record
 
 
 def sft_target(record: Record) -> str:
-    """The response the cold start trains on for `record`."""
+    """The response the cold start trains on for `record`: its ``process`` (when it holds a
+    ``<think>…</think>`` pair) or a stub, then ``<answer>…</answer>`` with the ground truth."""
+    from veripo.rewards import extract_think
+
     process = record.extra.get("process")
-    if isinstance(process, str) and "<think>" in process:
+    if isinstance(process, str) and extract_think(process) is not None:
         think = process.strip()
     else:
         think = "<think>I check each frame of the description against the question.</think>"

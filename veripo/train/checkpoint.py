@@ -83,8 +83,11 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim
         (tmp / "rng").mkdir(parents=True)
     _barrier(group)
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    # several writer threads: 3x faster than one on a 135M model's 1.7 GB (model + AdamW); no fsync per
+    # file, as a killed process loses nothing already written (the rename below is the commit point)
+    writer = dcp.FileSystemWriter(str(tmp / "state"), thread_count=4, sync_files=False)
     with _quiet_single_process():
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"), process_group=group,
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, storage_writer=writer, process_group=group,
                  no_dist=group is None)
     torch.save(rng_state(), tmp / "rng" / f"rank{rank}.pt")
     _barrier(group)
@@ -92,6 +95,9 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim
         torch.save({"step": step, "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
         info = {"step": step, "world_size": world_size, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
+        from veripo.faults import fault_point
+
+        fault_point("checkpoint.write")
         replace_dir(tmp, final)
     _barrier(group)
     return final

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from veripo.workers.plain import RewardScorer, RolloutWorker, TrainerWorker
+from veripo.workers.plain import JudgeWorker, RewardScorer, RolloutWorker, TrainerWorker
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -61,7 +61,10 @@ class TrainerGroup:
     def train_step(self, batch, loss_fn) -> dict:
         import ray
 
+        from veripo.faults import fault_point
+
         refs = [w.train_step.remote(shard, loss_fn) for w, shard in zip(self.workers, self._shards(batch))]
+        fault_point("train.step")
         return ray.get(refs)[0]
 
     def logprobs(self, batch):
@@ -155,6 +158,26 @@ class RewardPool:
         return out
 
 
+class RemoteJudge:
+    """A `verifier.judge.JudgeBackend` whose engine is a `JudgeWorker` actor (the judge's own engine,
+    `gpus` GPUs of it; 0 on CPU, where it only runs between the policy's steps)."""
+
+    def __init__(self, backend: str, model: str | None, max_tokens: int, options: dict | None = None,
+                 gpus: float = 0.0, threads: int | None = None):
+        import ray
+
+        cls = ray.remote(JudgeWorker).options(num_cpus=0, num_gpus=gpus)
+        self.actor = cls.remote(backend, model, max_tokens, options, threads)
+        info = ray.get(self.actor.info.remote())
+        self.judge_id, self.supports_prefill = info["judge_id"], info["supports_prefill"]
+        self.workers = [self.actor]
+
+    def judge_batch(self, requests: list) -> list[str]:
+        import ray
+
+        return ray.get(self.actor.judge_batch.remote(requests))
+
+
 @dataclass
 class Workers:
     trainer: TrainerGroup
@@ -163,6 +186,15 @@ class Workers:
     cpus_per_actor: float = 1.0
     threads: int | None = None
     reference: TrainerGroup | None = None  # frozen policy for KL terms, made by the stage that needs it
+    judge: RemoteJudge | None = None  # the verifier's judge engine, started by the first stage that asks
+
+    def close_reference(self) -> None:
+        import ray
+
+        if self.reference is not None:
+            for actor in self.reference.workers:
+                ray.kill(actor)
+            self.reference = None
 
     def close(self) -> None:
         """Shut the engines down and end every actor, so their memory is free for what runs next."""
@@ -171,7 +203,7 @@ class Workers:
         try:
             self.rollout.close()
         finally:
-            groups = [self.trainer, self.rollout] + ([self.reference] if self.reference is not None else [])
+            groups = [self.trainer, self.rollout] + [g for g in (self.reference, self.judge) if g is not None]
             for actor in [w for g in groups for w in g.workers] + list(self.rewards.actors):
                 ray.kill(actor)
 

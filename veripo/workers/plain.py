@@ -134,3 +134,28 @@ class RewardScorer:
 
     def score(self, responses: Sequence[str], records: Sequence[Any]) -> list:
         return [self.fn(r, rec) for r, rec in zip(responses, records)]
+
+
+class JudgeWorker:
+    """The verifier's judge on its own engine: a `verifier.judge` backend (vLLM in process by default)."""
+
+    def __init__(self, backend: str, model: str | None, max_tokens: int, options: dict | None = None,
+                 threads: int | None = None):
+        import os
+
+        from veripo import compat
+
+        # the judge loads float32 checkpoints into bfloat16 on CPU: vLLM warns once per tensor otherwise
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        compat.setup_vllm_cpu()
+        _set_threads(threads)
+        from verifier.judge import make_backend
+
+        self.backend = make_backend(backend, model=model, max_tokens=max_tokens, **(options or {}))
+
+    def info(self) -> dict:
+        return {"judge_id": self.backend.judge_id, "supports_prefill": bool(getattr(self.backend, "supports_prefill", False))}
+
+    def judge_batch(self, requests: list) -> list[str]:
+        return self.backend.judge_batch(requests)
+
