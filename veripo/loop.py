@@ -125,10 +125,12 @@ class Loop:
         start = self.resume_steps(f"iter{it}/sft", out, "sft")
         batches = sft_batches(self.data.train, self.prompts, self.tokenizer, c.steps, c.batch_size, self.cfg.seed)
         bar = tqdm(batches, total=c.steps, desc="sft", disable=not self.cfg.logging.progress, unit="step")
-        for step, (p_ids, r_ids) in enumerate(bar):
+        for step, (prompts, r_ids) in enumerate(bar):
             if step < start:
                 continue
-            m = self.workers.trainer.train_step(policy_batch(p_ids, r_ids, self.pad_id), SFTLoss())
+            batch = policy_batch([p.token_ids for p in prompts], r_ids, self.pad_id,
+                                 visuals=[p.visual for p in prompts])  # a video prompt carries its frames
+            m = self.workers.trainer.train_step(batch, SFTLoss())
             self.metrics.log("sft", step, {k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "step"})
             bar.set_postfix(nll=f"{m.get('nll', float('nan')):.3f}")
             fault_point("sft.step")
@@ -147,6 +149,7 @@ class Loop:
         self.workers.trainer.set_lr(g.lr, 0, g.steps)
         start = self.resume_steps(key, out, "grpo")
         truncate_rollouts(out / "rollouts.jsonl", from_step=start)
+        truncate_rollouts(out / "rollouts_shuffled.jsonl", from_step=start)  # T-GRPO's, never verified
         self.metrics.step_offset = it * g.steps
         pool = self.pool(it)
         grpo = GRPOStage(g, self.workers, self.prompts, self.tokenizer, pool, out, self.metrics, self.cfg.seed,
@@ -210,15 +213,17 @@ class Loop:
             fault_point("preference.step")
             self.step_done(key, out, step, total)
 
+        video = self.cfg.data.use_video  # a vision model: video pairs carry their frames
         history = run_preference_stage(c, self.workers.trainer, pairs, self.tokenizer, self.prompts, self.metrics,
                                        progress=self.cfg.logging.progress, out_dir=out, seed=self.cfg.seed + it,
-                                       start_step=start, on_step_done=done)
+                                       start_step=start, on_step_done=done,
+                                       processor=self.prompts.processor if video else None,
+                                       video_cfg=self.prompts.video_cfg if video else None)
         self.sync_weights()
         return {"steps_done": start + len(history), "pairs": len(pairs)}
 
     def run_eval(self, it: int, out: Path, stage: str) -> dict:
         from veripo.eval import evaluate, write_results
-        from veripo.rollout import GenerationRequest
 
         e = self.cfg.eval
         after = stage[len("eval_"):]
@@ -229,10 +234,7 @@ class Loop:
         def generate(requests, sampling):
             return [group[0] for group in self.workers.rollout.generate(requests, sampling, 1)]
 
-        def make_request(record):
-            return GenerationRequest(prompt_token_ids=self.prompts(record).token_ids, request_id=record.problem_id)
-
-        result = evaluate(records, generate, make_request, judge=judge, max_tokens=e.max_tokens,
+        result = evaluate(records, generate, self.prompts.make_request, judge=judge, max_tokens=e.max_tokens,
                           temperature=e.temperature, seed=self.cfg.seed, reward_weights=self.cfg.grpo.reward_weights,
                           verifier_config=self.cfg.verify.verifier_config(), tokenizer=self.tokenizer,
                           progress=self.cfg.logging.progress)
@@ -336,6 +338,8 @@ class Loop:
             self.loaded_checkpoint = ckpt
             self.sync_weights()
             print(f"veripo: {key}: resuming after step {start} from {ckpt}")
+            self.manifest.data.setdefault("resumes", []).append({"stage": key, "from_step": start, "time": time.time()})
+            self.manifest.save()
         else:
             start = 0
         self.metrics.truncate(stage, start, iteration=self.iteration)

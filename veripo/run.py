@@ -36,13 +36,27 @@ def _rewrite_argv(argv: list[str]) -> list[str]:
         known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
         if recipe not in known:
             raise SystemExit(f"veripo: recipe={recipe}: no such recipe. Known recipes: {', '.join(known)}")
-        out.append(f"--config-name={recipe}")
+        out.insert(0, f"--config-name={recipe}")
     # Hydra's own output folder would duplicate veripo's run folder: keep Hydra quiet and in place.
     for default in ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none",
                     "hydra/hydra_logging=none"):
         if not any(a.split("=")[0] == default.split("=")[0] for a in out):
             out.append(default)
-    return out
+    # Hydra's parser takes options (--config-name, -m, --cfg job) only before the first override
+    options, overrides, i = [], [], 0
+    while i < len(out):
+        arg = out[i]
+        if arg in _VALUE_OPTIONS and i + 1 < len(out):
+            options += out[i:i + 2]
+            i += 2
+            continue
+        (options if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return options + overrides
+
+
+_VALUE_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                  "--config-dir", "-cd", "--experimental-rerun", "--info", "-i", "--shell-completion", "-sc"}
 
 
 def check_override_keys(recipe: str, overrides: list[str]) -> None:
@@ -52,7 +66,13 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    conf = OmegaConf.to_container(OmegaConf.load(recipes_dir() / f"{recipe}.yaml"))
+    raw = OmegaConf.load(recipes_dir() / f"{recipe}.yaml")
+    if "defaults" in raw:  # composed from other files: let Hydra compose it (still no torch import)
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
+            raw = compose(config_name=recipe)
+    conf = OmegaConf.to_container(raw)
     for arg in overrides:
         if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
             continue

@@ -336,6 +336,12 @@ def read_jsonl(path: str | os.PathLike, from_dict: Callable[[Any, str], T], skip
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
     """Write objects with `to_dict()` (or plain dicts) as JSONL, atomically: a temp file in the same
     folder, flushed and fsynced, then renamed over `path`. Returns the path."""
@@ -343,6 +349,7 @@ def write_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished output is as readable as any file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for item in items:
                 obj = item.to_dict() if hasattr(item, "to_dict") else item
