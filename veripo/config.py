@@ -240,6 +240,7 @@ class GRPOConfig:
     top_p: float = 1.0
     max_tokens: int = 128
     lr: float = 1e-5
+    lr_after_first: float | None = None  # lr of the GRPO stages of iterations >= 1 (VerIPO: 1e-6 then 5e-7)
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None
@@ -353,15 +354,81 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
+    """Where the run's actors go: the Ray cluster, the workers per role and their placement.
+
+    ``placement: colocate`` (default): trainer rank i and rollout engine i share one bundle, i.e. one
+    node's GPU (``trainer_gpus_per_worker`` of it, usually 1): the engine sleeps (vLLM sleep mode,
+    `veripo.rollout.RolloutConfig.sleep_level`) while the policy trains and wakes for rollouts and
+    weight pushes. ``placement: split``: separate bundles per role, ``trainer_gpus_per_worker`` for
+    each FSDP2 rank and ``rollout_gpus_per_worker`` for each engine (more than 1: a tensor-parallel
+    engine, with ``rollout.vllm_kwargs.tensor_parallel_size`` equal to it); the engines never sleep.
+    The judge has its own engine (``verify.judge_gpus``) outside both.
+
+    With GPUs, or with ``placement: split``, each role gets a Ray placement group, one bundle per
+    worker holding its CPUs, GPUs and ``*_resources``; ``strategy`` ``auto`` packs a role's bundles
+    onto one node when they fit one (STRICT_PACK), else PACK (FSDP2 ranks may then span nodes; they
+    meet at rank 0's node IP). ``*_resources`` add custom Ray resources per worker, e.g. a node label
+    started with ``ray start --resources='{"gpu_node_a": 1}'`` and asked for as ``{gpu_node_a: 0.01}``
+    to pin a role to that node. ``*_cpus_per_worker`` null shares the cluster's CPUs: each actor gets
+    min(1, cluster CPUs / actors). The default (colocate, no GPUs, no resources) uses no placement
+    groups: the actors share the local CPUs fractionally.
+    """
+
     address: str | None = None  # null: start a local cluster
-    num_cpus: int | None = None
-    trainer_workers: int = 1  # FSDP2 ranks (1 = single process)
-    rollout_workers: int = 1
+    num_cpus: int | None = None  # CPUs of the local cluster (null: all)
+    placement: str = choice("colocate", ("colocate", "split"))
+    strategy: str = choice("auto", ("auto", "STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"))
+    trainer_workers: int = 1  # FSDP2 ranks (1 = single process); may span nodes
+    rollout_workers: int = 1  # rollout engines (prompts are split across them)
     reward_workers: int = 0  # 0 = score rewards in the driver
+    trainer_gpus_per_worker: float = 0.0  # at most 1: an FSDP2 rank drives one GPU
+    rollout_gpus_per_worker: float = 0.0
+    trainer_cpus_per_worker: float | None = None
+    rollout_cpus_per_worker: float | None = None
+    trainer_resources: dict[str, float] = field(default_factory=dict)
+    rollout_resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.trainer_workers < 1 or self.rollout_workers < 1 or self.reward_workers < 0:
             raise ValueError("ray: trainer_workers and rollout_workers must be >= 1, reward_workers >= 0")
+        for role in ("trainer", "rollout"):
+            gpus, cpus = getattr(self, f"{role}_gpus_per_worker"), getattr(self, f"{role}_cpus_per_worker")
+            if gpus < 0:
+                raise ValueError(f"ray.{role}_gpus_per_worker must be >= 0, got {gpus}")
+            if cpus is not None and cpus <= 0:
+                raise ValueError(f"ray.{role}_cpus_per_worker must be > 0 or null (share the cluster's CPUs), got {cpus}")
+            for name, amount in getattr(self, f"{role}_resources").items():
+                if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                    raise ValueError(f"ray.{role}_resources.{name}: set CPUs and GPUs with ray.{role}_cpus_per_worker "
+                                     f"and ray.{role}_gpus_per_worker; *_resources are custom Ray resources only")
+                if amount <= 0:
+                    raise ValueError(f"ray.{role}_resources.{name} must be > 0, got {amount}")
+        t, r = self.trainer_gpus_per_worker, self.rollout_gpus_per_worker
+        if t > 1:
+            raise ValueError(f"ray.trainer_gpus_per_worker must be at most 1 (an FSDP2 rank drives one GPU), got {t}. "
+                             "Fix: more GPUs per run means more ranks: raise ray.trainer_workers")
+        if r > 1 and r != int(r):
+            raise ValueError(f"ray.rollout_gpus_per_worker above 1 must be a whole number of GPUs (a tensor-parallel "
+                             f"engine), got {r}")
+        if self.placement == "colocate":
+            if r != t:
+                raise ValueError(f"ray.rollout_gpus_per_worker ({r}) must equal ray.trainer_gpus_per_worker ({t}) with "
+                                 "ray.placement=colocate: rollout engine i shares trainer rank i's GPU. Fix: set both "
+                                 "the same, or ray.placement=split for separate GPUs per role")
+            if self.rollout_workers > self.trainer_workers:
+                raise ValueError(f"ray.rollout_workers ({self.rollout_workers}) must be at most ray.trainer_workers "
+                                 f"({self.trainer_workers}) with ray.placement=colocate: each engine shares one trainer "
+                                 "rank's bundle. Fix: fewer engines, or ray.placement=split")
+            if self.rollout_resources:
+                raise ValueError("ray.rollout_resources is for ray.placement=split; with colocate the engines share "
+                                 "the trainer's bundles. Fix: put them in ray.trainer_resources, or placement=split")
+
+    @property
+    def uses_placement_groups(self) -> bool:
+        """False for the plain single-node default: actors share the CPUs without placement groups."""
+        return (self.placement == "split" or self.trainer_gpus_per_worker > 0 or self.rollout_gpus_per_worker > 0
+                or self.strategy != "auto" or self.trainer_cpus_per_worker is not None
+                or self.rollout_cpus_per_worker is not None or bool(self.trainer_resources))
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,8 @@ class Loop:
         key = f"iter{it}/grpo"
         if g.kl_coef > 0:
             self.workers.reference = self.make_reference(out)
-        self.workers.trainer.set_lr(g.lr, 0, g.steps)
+        lr = g.lr if it == 0 or g.lr_after_first is None else g.lr_after_first
+        self.workers.trainer.set_lr(lr, 0, g.steps)
         start = self.resume_steps(key, out, "grpo")
         truncate_rollouts(out / "rollouts.jsonl", from_step=start)
         truncate_rollouts(out / "rollouts_shuffled.jsonl", from_step=start)  # T-GRPO's, never verified
@@ -374,14 +375,12 @@ class Loop:
 
     def make_reference(self, out: Path):
         """A frozen copy of the current policy (the KL anchor): exported once, loaded by its own ranks."""
-        from veripo.workers.group import TrainerGroup
-
         path = out / "reference"
         if not (path / ".complete").is_file():
             self.workers.trainer.export_hf(str(path))
             (path / ".complete").write_text("")
-        # num_cpus=0: it only runs forward passes between the policy's steps, never beside them
-        return TrainerGroup(self.cfg.train, str(path), self.cfg.ray.trainer_workers, 0, self.workers.threads)
+        # in the trainer ranks' bundles (a share of their GPUs): it only runs between the policy's steps
+        return self.workers.reference_group(str(path))
 
     def judge_backend(self):
         """The judge's own engine (started once per run) or the configured endpoint."""

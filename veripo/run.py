@@ -94,7 +94,14 @@ def task(cfg) -> None:
 
     from veripo.config import ConfigError, RunConfig
 
-    data = OmegaConf.to_container(cfg, resolve=True)
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        print(f"veripo: {e.full_key}: the recipe leaves this value to you (???). Fix: add {e.full_key}=VALUE",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     data.pop("hydra", None)
     try:
         run_cfg = RunConfig.from_dict(data)

