@@ -49,7 +49,8 @@ class SFTLoss:
 
 
 def sft_batches(records: list[Record], prompts, tokenizer, steps: int, batch_size: int, seed: int):
-    """Yield `steps` (prompt_ids, response_ids) batches, cycling through shuffled records."""
+    """Yield `steps` (prompts, response_ids) batches, cycling through shuffled records; each prompt is
+    `PromptBuilder.render`'s (``.token_ids``, and ``.visual`` for a video prompt of a vision run)."""
     rng = random.Random(seed)
     order: list[int] = []
     eos = tokenizer.eos_token or ""
@@ -60,6 +61,6 @@ def sft_batches(records: list[Record], prompts, tokenizer, steps: int, batch_siz
                 order = list(range(len(records)))
                 rng.shuffle(order)
             batch.append(order.pop())
-        p_ids = [prompts(records[i]).token_ids for i in batch]
+        rendered = [prompts.render(records[i]) for i in batch]
         r_ids = [tokenizer(sft_target(records[i]) + eos, add_special_tokens=False)["input_ids"] for i in batch]
-        yield p_ids, r_ids
+        yield rendered, r_ids
