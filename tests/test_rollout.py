@@ -314,3 +314,23 @@ def test_generation_request_needs_one_prompt_and_logprob_modes_must_match(smol_v
         smol_vllm.generate([GenerationRequest(prompt="hi")], SamplingConfig(logprobs="raw"))
     out = smol_vllm.generate([GenerationRequest(prompt="hi")], SamplingConfig(logprobs="none", max_tokens=3))
     assert out[0][0].logprobs == [] and len(out[0][0].token_ids) > 0
+
+
+def test_hf_engine_takes_checkpoint_named_weights_of_a_vision_model(tiny_vlm_dir):
+    """The trainer sends checkpoint names (``visual.*``, ``model.*``); Qwen2.5-VL lives as ``model.visual.*``."""
+    import torch
+
+    from veripo.rollout import RolloutConfig, build_engine
+    from veripo.train import PolicyEngine, TrainConfig
+
+    engine = build_engine(RolloutConfig(backend="hf", dtype="float32"), str(tiny_vlm_dir))
+    policy = PolicyEngine(TrainConfig(), str(tiny_vlm_dir))
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.01)
+    names = [n for n, _ in policy.named_parameters_for_sync()]
+    assert any(n.startswith("visual.") for n in names)
+    info = engine.update_weights(policy.named_parameters_for_sync())
+    live, pushed = engine.model.state_dict(), policy.model.state_dict()
+    assert info["tensors"] == len(names)
+    assert all(torch.equal(live[k].float(), pushed[k].float()) for k in live)

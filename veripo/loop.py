@@ -208,7 +208,8 @@ class Loop:
                                         "set preference.pairs=PATH (a verifier or LLaVA-Hound-style pair JSONL)")
             pairs = read_pairs(path)
         start = self.resume_steps(key, out, "preference")
-        total = c.total_steps(len(pairs)) if pairs else 0
+        n_pairs = min(len(pairs), c.max_pairs) if c.max_pairs else len(pairs)
+        total = c.total_steps(n_pairs) if n_pairs else 0
 
         def done(step: int, row: dict) -> None:
             fault_point("preference.step")

@@ -58,7 +58,8 @@ class MetricsLogger:
 
     def log(self, stage: str, step: int, metrics: dict[str, Any], global_step: int | None = None) -> None:
         row = {"stage": stage, "step": step, "time": round(time.time(), 3), **self.context}
-        row.update({k: _plain(v) for k, v in metrics.items()})
+        # a trainer's own counters (its optimizer "step") never replace the row's stage/step/time
+        row.update({(f"train_{k}" if k in row else k): _plain(v) for k, v in metrics.items()})
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         gs = step + self.step_offset if global_step is None else global_step

@@ -190,10 +190,19 @@ class HFEngine:
         """Copy HF-named tensors into the model in place (a streaming ``load_state_dict``)."""
         t0 = time.perf_counter()
         state = self.model.state_dict(keep_vars=True)
+        if not hasattr(self, "_by_checkpoint_name"):
+            # the trainer sends checkpoint names (Qwen2.5-VL: ``visual.*``, ``model.*``); the live model
+            # may name them differently (``model.visual.*``, ``model.language_model.*``)
+            from veripo.train.weights import CheckpointNames
+
+            to_ckpt = CheckpointNames(self.model)
+            self._by_checkpoint_name = {to_ckpt(n): n for n in state}
         count = size = 0
         with torch.no_grad():
             for name, tensor in named_tensors:
                 target = state.get(name)
+                if target is None and name in self._by_checkpoint_name:
+                    target = state.get(self._by_checkpoint_name[name])
                 if target is None:
                     known = ", ".join(list(state)[:3])
                     raise KeyError(f"HFEngine.update_weights: {name!r} is not a tensor of {self.model_path} "

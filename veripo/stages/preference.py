@@ -152,6 +152,9 @@ class EncodedPair:
                 self.rejected["input_ids"][self.rejected_start:].tolist())
 
 
+_VISION_MARKERS = ("<|video_pad|>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
 class PairEncoder:
     """Renders a `PreferencePair` for the policy: the prompt exactly as the GRPO stage renders it (via the
     `PromptBuilder` when the pair carries its record, else the chat template around ``pair.prompt``),
@@ -232,6 +235,9 @@ class PairEncoder:
         rows, starts = [], []
         for text, ids in ((pair.chosen, pair.chosen_token_ids), (pair.rejected, pair.rejected_token_ids)):
             response = tok.decode(list(ids)) if ids else text + eos  # the processor re-tokenises the text
+            # a sampled vision placeholder would be read as one more frame slot: drop it from the response
+            for marker in _VISION_MARKERS:
+                response = response.replace(marker, "")
             inputs = processor_inputs(self.processor, [prompt + response], [video], padding=False)
             n = len(tok(response, add_special_tokens=False)["input_ids"])
             ids_T = inputs["input_ids"][0].long()
