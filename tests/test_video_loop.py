@@ -198,10 +198,9 @@ def video_runs(tiny_vlm_dir, tmp_path_factory):
     from veripo.data.rollouts import PreferencePair, read_rollouts, write_pairs
 
     groups = {}
-    slots = first.prompts.placeholder_ids  # a random model may sample <|video_pad|>: no frame slot in a response
+    # a random model may sample <|video_pad|>: the pair encoder drops it from responses (no extra frame slot)
     for r in read_rollouts(first.run_dir / "iter0" / "grpo" / "rollouts.jsonl"):
-        if not slots.intersection(r.token_ids):
-            groups.setdefault((r.step, r.problem_id), []).append(r)
+        groups.setdefault((r.step, r.problem_id), []).append(r)
     pairs = [PreferencePair(pair_id=f"p{i}", problem_id=a.problem_id, type="penalty", prompt=a.record["problem"],
                             chosen=a.response, rejected=b.response, chosen_id=a.rollout_id, rejected_id=b.rollout_id,
                             chosen_token_ids=a.token_ids, rejected_token_ids=b.token_ids, record=a.record)
