@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 from veripo.config import RunConfig
 from veripo.run import recipes_dir
 
+pytestmark = pytest.mark.slow  # an end-to-end run: deselect with -m 'not slow'
+
 SFT_STEPS, STEPS, PROMPTS, GROUP = 2, 6, 4, 4
 
 

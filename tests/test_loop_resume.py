@@ -10,7 +10,12 @@ driver, Ray daemons and workers at once):
     grpo.rollout:2      while the 2nd GRPO step's rollouts come back
     train.step:2        inside a train step (the 3rd GRPO step, the 1st being redone)
     verify.judged       during verification, after the judge answered, before the pairs are written
-    checkpoint.write:1  inside a checkpoint write (state written, not yet renamed into place)
+    preference.step:2   after the 2nd DPO step trained, before its checkpoint
+    checkpoint.write:1  inside a checkpoint write (state written, not yet renamed into place): the
+                        redone 2nd DPO step's
+
+The cold start is long enough (4 steps at a high lr) for the format, so the verifier finds pairs and
+the preference stage has steps to kill and resume.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-KILLS = ["grpo.rollout:2", "train.step:2", "verify.judged", "checkpoint.write:1"]
+KILLS = ["grpo.rollout:2", "train.step:2", "verify.judged", "preference.step:2", "checkpoint.write:1"]
+PREFERENCE_STEPS = 4
 GRPO_STEPS = 3
 
 
 def overrides(out: Path) -> list[str]:
-    return [f"output_dir={out}", "name=r", "data.synth.n=24", "sft.steps=2", "sft.batch_size=4",
-            f"grpo.steps={GRPO_STEPS}", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_tokens=48",
-            "eval.limit=4", "eval.max_tokens=48", "preference.batch_size=2", "logging.progress=false",
+    return [f"output_dir={out}", "name=r", "data.synth.n=24", "sft.steps=4", "sft.batch_size=4", "sft.lr=2e-4",
+            f"grpo.steps={GRPO_STEPS}", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.max_tokens=64",
+            "eval.limit=4", "eval.max_tokens=64", "preference.batch_size=1", f"preference.max_pairs={PREFERENCE_STEPS}",
+            "logging.progress=false",
             "logging.tensorboard=false", "logging.sample_every=0"]
 
 
@@ -96,15 +103,18 @@ def test_every_kill_killed_and_the_last_run_finished(killed_and_resumed):
 
 def test_resumes_recompute_at_most_the_step_that_was_running(killed_and_resumed):
     resumes = killed_and_resumed["manifest"].get("resumes", [])
-    # killed in GRPO step 2 (1 done) and inside step 3 (2 done): each resume starts at the first step not done
-    assert [(r["stage"], r["from_step"]) for r in resumes][:2] == [("iter0/grpo", 1), ("iter0/grpo", 2)]
+    # killed in GRPO step 2 (1 done), inside step 3 (2 done), after DPO step 2 trained (1 done) and in the
+    # redone step's checkpoint write (still 1 done): each resume starts at the first step not recorded
+    assert [(r["stage"], r["from_step"]) for r in resumes] == [
+        ("iter0/grpo", 1), ("iter0/grpo", 2), ("iter0/preference", 1), ("iter0/preference", 1)]
 
 
 def test_same_stage_outputs_as_the_uninterrupted_run(reference, killed_and_resumed):
     ref, got = reference, killed_and_resumed
     for key in ("iter0/sft", "iter0/grpo", "iter0/preference"):
         assert got["manifest"]["stages"][key]["steps_done"] == ref["manifest"]["stages"][key]["steps_done"], key
-    assert len(got["pairs"]) == len(ref["pairs"])
+    assert len(ref["pairs"]) >= PREFERENCE_STEPS and len(got["pairs"]) == len(ref["pairs"])
+    assert ref["manifest"]["stages"]["iter0/preference"]["steps_done"] == PREFERENCE_STEPS
     # every step's rollouts exactly once, same ids (the redone steps replaced what the killed ones wrote)
     assert sorted(r["rollout_id"] for r in got["rollouts"]) == sorted(r["rollout_id"] for r in ref["rollouts"])
     ref_r = [r["reward"] for r in sorted(ref["rollouts"], key=lambda r: r["rollout_id"])]
@@ -116,8 +126,11 @@ def test_metrics_have_one_row_per_step_after_resumes(reference, killed_and_resum
     def steps(rows, stage):
         return [r["step"] for r in rows if r["stage"] == stage and "loss" in r or r["stage"] == stage == "grpo"]
 
-    for stage in ("sft", "grpo"):
+    for stage in ("sft", "grpo", "preference"):
         assert steps(killed_and_resumed["rows"], stage) == steps(reference["rows"], stage)
+    ref_pref = [r["loss"] for r in reference["rows"] if r["stage"] == "preference" and "loss" in r]
+    got_pref = [r["loss"] for r in killed_and_resumed["rows"] if r["stage"] == "preference" and "loss" in r]
+    assert got_pref == pytest.approx(ref_pref, abs=1e-3)  # the resumed DPO steps score against the same reference
     grpo = [r for r in killed_and_resumed["rows"] if r["stage"] == "grpo"]
     assert [r["step"] for r in grpo] == list(range(GRPO_STEPS))
     evals = sorted(r["after"] for r in killed_and_resumed["rows"] if r["stage"] == "eval")

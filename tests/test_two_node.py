@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # an end-to-end run: deselect with -m 'not slow'
+
 HEAD_LABEL, WORKER_LABEL = "node_head", "node_worker"
 WORKER_IP = "127.0.0.2"
 STEPS, PROMPTS, GROUP = 2, 2, 2

@@ -27,6 +27,8 @@ from veripo.rewards import register_reward
 from veripo.rollout import Sample
 from veripo.stages.common import PromptBuilder
 
+pytestmark = pytest.mark.slow  # an end-to-end run: deselect with -m 'not slow'
+
 VIDEO = {"fps": None, "nframes": 4, "min_pixels": 4 * 28 * 28, "max_pixels": 16 * 28 * 28}
 
 

@@ -505,7 +505,8 @@ def run_preference_stage(cfg: PreferenceConfig, trainer, pairs: Sequence[Prefere
     loss_fn = PreferenceLossFn(cfg.loss, hp, chunk_size=chunk_size, reference=ref_model)
     setup["setup_s"] = time.perf_counter() - t0
     plan = _schedule(len(encoded), cfg, seed)
-    _set_lr(trainer, cfg.lr, cfg.warmup_steps, len(plan))
+    if start_step == 0:  # a resumed stage keeps the optimizer and schedule its checkpoint restored
+        _set_lr(trainer, cfg.lr, cfg.warmup_steps, len(plan))
 
     from tqdm import tqdm
 
