@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from veripo.config import RunConfig, stage_plan, to_dict
+from veripo.data.rollouts import atomic_write_text
 from veripo.faults import PGID_ENV, fault_point
 
 TRAINING_STAGES = ("sft", "grpo", "preference")
@@ -60,9 +61,7 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2))
 
 
 class Loop:
@@ -323,11 +322,7 @@ class Loop:
     def _write_config(self) -> None:
         import yaml
 
-        path = self.run_dir / "config.yaml"
-        text = yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
-        tmp = path.with_name("config.yaml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
 
     def resume_steps(self, key: str, out: Path, stage: str) -> int:
         """Steps of an unfinished stage already done (0 when it starts afresh); loads their checkpoint
@@ -430,9 +425,7 @@ class Loop:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def _pct(x: float | None) -> str:

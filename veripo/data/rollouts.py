@@ -342,18 +342,16 @@ def _umask() -> int:
     return mask
 
 
-def write_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
-    """Write objects with `to_dict()` (or plain dicts) as JSONL, atomically: a temp file in the same
-    folder, flushed and fsynced, then renamed over `path`. Returns the path."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically: a temp file in the same folder, flushed and fsynced, then renamed
+    over `path` (readable like any file the process creates). A crash leaves the old file or none."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished output is as readable as any file
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for item in items:
-                obj = item.to_dict() if hasattr(item, "to_dict") else item
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -362,6 +360,13 @@ def write_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
+    """Write objects with `to_dict()` (or plain dicts) as JSONL, atomically (`atomic_write_text`)."""
+    lines = [json.dumps(item.to_dict() if hasattr(item, "to_dict") else item, ensure_ascii=False) + "\n"
+             for item in items]
+    return atomic_write_text(path, "".join(lines))
 
 
 def read_rollouts(path: str | os.PathLike, skip_bad: bool = False, report: LoadReport | None = None) -> list[Rollout]:

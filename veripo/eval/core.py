@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -240,19 +239,9 @@ def evaluate(records: Sequence[Record], generate: GenerateFn, make_request: Call
 
 # ---- output -------------------------------------------------------------------------------------
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from veripo.data.rollouts import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def write_results(result: EvalResult, out_dir: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:

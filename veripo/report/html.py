@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -143,22 +142,10 @@ class RunData:
 
 
 def _stage_plan(stages: list[str], iteration: int) -> list[str]:
-    """The loop's stage ids of one iteration (`veripo.config.stage_plan`; a copy when that is missing)."""
-    try:
-        from veripo.config import stage_plan
+    """The loop's stage ids of one iteration (`veripo.config.stage_plan`)."""
+    from veripo.config import stage_plan
 
-        return list(stage_plan(stages, iteration))
-    except Exception:  # noqa: BLE001  (an older veripo, or a config the loop would reject)
-        out, prev = [], "base"
-        for name in stages:
-            if name == "eval":
-                if not (prev == "sft" and iteration > 0):
-                    out.append(f"eval_{prev}")
-                continue
-            prev = name
-            if not (name == "sft" and iteration > 0):
-                out.append(name)
-        return out
+    return stage_plan(stages, iteration)
 
 
 def _read_text(path: Path, data: RunData) -> str | None:
@@ -950,16 +937,6 @@ def build_report(run_dir: str | os.PathLike) -> Report:
 def write_report(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
     """(Re)write ``run_dir/report.html`` (or `path`) atomically from whatever the run holds; returns the path."""
     report = build_report(run_dir)
-    out = Path(path) if path is not None else Path(run_dir) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(report.html)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    from veripo.data.rollouts import atomic_write_text
+
+    return atomic_write_text(Path(path) if path is not None else Path(run_dir) / "report.html", report.html)

@@ -85,9 +85,9 @@ class MetricsLogger:
         rows = _read_rows(self.path)
         keep = [r for r in rows if not (r.get("stage") == stage and r.get("step", 0) >= from_step
                                         and all(r.get(k) == v for k, v in match.items()))]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        from veripo.data.rollouts import atomic_write_text
+
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         return len(rows) - len(keep)
 
     def close(self) -> None:
