@@ -88,7 +88,8 @@ def main(argv=None) -> None:
     from veripo.rewards import RewardFunction
     from veripo.rollout import GenerationRequest, RolloutConfig, SamplingConfig, build_engine
     from veripo.stages.common import PromptBuilder, policy_batch
-    from veripo.stages.preference import PreferenceConfig, run_preference_stage
+    from veripo.config import PreferenceConfig
+    from veripo.stages.preference import run_preference_stage
     from veripo.train import PolicyEngine, TrainConfig
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -39,7 +39,7 @@ def test_bad_recipe_key_fails_fast_naming_the_key():
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"grpo": {"agg": "mean"}}, "grpo.agg: 'mean' is not allowed. Allowed values: token-mean"),
+    ({"grpo": {"agg": "mean"}}, "grpo.agg: 'mean' is not allowed. Allowed values: seq-mean-token-mean, "),
     ({"grpo": {"group_size": 1}}, "grpo.group_size must be >= 2"),
     ({"grpo": {"steps": "ten"}}, "grpo.steps: expected an integer"),
     ({"stages": ["sft", "grpo", "dpo"]}, "stages: 'dpo' is not allowed. Allowed values: sft, grpo"),

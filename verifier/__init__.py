@@ -11,7 +11,7 @@ Command line: ``python -m verifier pairs --rollouts R.jsonl --out P.jsonl`` and
 
 from verifier.caption_judge import CaptionJudge, CaptionStats, caption_pairs, parse_score
 from verifier.checks import Checks, check_rollout, parse_response, repetition_ratio
-from verifier.config import ConfigError, VerifierConfig
+from veripo.config import ConfigError, VerifierConfig
 from verifier.judge import (
     CONSISTENT,
     INCONSISTENT,

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from veripo.data.rollouts import PreferencePair, Rollout
 
 from verifier.checks import parse_response
-from verifier.config import VerifierConfig
+from veripo.config import VerifierConfig
 from verifier.judge import JudgeBackend, VerdictCache, ask_with_retry, cache_key
 from verifier.pairs import question_of
 from verifier.templates import PromptTemplate

@@ -15,7 +15,7 @@ from veripo.data.records import Record
 from veripo.data.rollouts import Rollout
 from veripo.rewards import accuracy_reward
 
-from verifier.config import VerifierConfig
+from veripo.config import VerifierConfig
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"

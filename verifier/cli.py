@@ -13,16 +13,16 @@ Exit status: 0 done, 2 bad input or config (the message names file:line or the f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from veripo.data.records import LoadReport, RecordError, load_records
-from veripo.data.rollouts import read_rollouts, write_jsonl, write_pairs
+from veripo.data.rollouts import read_rollouts, write_pairs
+from veripo.run_dir import write_json, write_jsonl
 
-from verifier.config import ConfigError, VerifierConfig
+from veripo.config import ConfigError, VerifierConfig
 from verifier.judge import BACKENDS, JudgeError, make_backend
 from verifier.pairs import format_table
 from verifier.templates import TemplateError
@@ -125,7 +125,7 @@ def run_pairs(args: argparse.Namespace, config: VerifierConfig) -> dict[str, Any
     write_pairs(args.out, result.pairs)
     meta = result.meta()
     meta["inputs"] = {"rollouts": str(args.rollouts), "data": args.data}
-    _write_json(_sidecar(Path(args.out), ".meta.json"), meta)
+    write_json(_sidecar(Path(args.out), ".meta.json"), meta)
     print(format_table(result.stats.rows()))
     return meta
 
@@ -144,20 +144,9 @@ def run_score(args: argparse.Namespace, config: VerifierConfig) -> dict[str, Any
                                       for k, v in result.scores.items()])
     meta = result.meta()
     meta["inputs"] = {"rollouts": str(args.rollouts), "data": args.data}
-    _write_json(_sidecar(Path(args.out), ".meta.json"), meta)
+    write_json(_sidecar(Path(args.out), ".meta.json"), meta)
     print(format_table(result.stats.rows()))
     return meta
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

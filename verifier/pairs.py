@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 from veripo.data.rollouts import PreferencePair, Rollout
 
 from verifier.checks import Checks
-from verifier.config import VerifierConfig
+from veripo.config import VerifierConfig
 from verifier.judge import CONSISTENT, INCONSISTENT, SKIPPED, UNKNOWN, Verdict
 
 NO_ACCURATE = "no accurate rollout"

@@ -12,7 +12,7 @@ from veripo.data.rollouts import PreferencePair, Rollout
 
 from verifier.caption_judge import CaptionJudge, CaptionStats, caption_items, caption_pairs
 from verifier.checks import Checks, Tokenizer, check_rollout, parse_response
-from verifier.config import VerifierConfig
+from veripo.config import VerifierConfig
 from verifier.judge import SKIPPED, ConsistencyJudge, JudgeItem, Verdict
 from verifier.pairs import PairStats, build_pairs, question_of
 

@@ -14,8 +14,9 @@ One rollout per line of ``rollouts.jsonl``::
 file alone; without it the verifier looks the record up by ``problem_id`` in a records file.
 
 Readers stop at the first bad line with an error naming ``file:line:field`` and the fix, or, with
-``skip_bad=True``, skip the line and count it in a `LoadReport`. Writers replace the file atomically
-(temp file in the same folder, fsync, rename), so a reader never sees half a file.
+``skip_bad=True``, skip the line and count it in a `LoadReport`. Writers are `veripo.run_dir`'s: they
+replace the file atomically (temp file in the same folder, fsync, rename), so a reader never sees half a
+file, or append a step at a time.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
+from veripo.config.verifier import VERIFIER_PAIR_TYPES
 from veripo.data.records import LoadReport, RecordError
+from veripo.run_dir import append_jsonl, truncate_jsonl, write_jsonl
 
 FINISH_REASONS = ("stop", "length")
-PAIR_TYPES = ("penalty", "consistency", "reflection", "caption")
+PAIR_TYPES = (*VERIFIER_PAIR_TYPES, "caption")  # what a pair record may be: the verifier's and the caption judge's
 
 __all__ = [
     "FINISH_REASONS", "PAIR_TYPES", "LoadReport", "PreferencePair", "Rollout", "RolloutError",
@@ -336,39 +338,6 @@ def read_jsonl(path: str | os.PathLike, from_dict: Callable[[Any, str], T], skip
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically: a temp file in the same folder, flushed and fsynced, then renamed
-    over `path` (readable like any file the process creates). A crash leaves the old file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
-    """Write objects with `to_dict()` (or plain dicts) as JSONL, atomically (`atomic_write_text`)."""
-    lines = [json.dumps(item.to_dict() if hasattr(item, "to_dict") else item, ensure_ascii=False) + "\n"
-             for item in items]
-    return atomic_write_text(path, "".join(lines))
-
-
 def read_rollouts(path: str | os.PathLike, skip_bad: bool = False, report: LoadReport | None = None) -> list[Rollout]:
     """Read ``rollouts.jsonl``; rollout ids must be unique."""
     return read_jsonl(path, Rollout.from_dict, skip_bad=skip_bad, report=report, id_field="rollout_id")
@@ -385,14 +354,7 @@ def append_rollouts(path: str | os.PathLike, rollouts: Iterable[Rollout]) -> Pat
     Appending is not atomic: a crash can leave a torn last line, which `read_rollouts` reports as
     ``file:line`` (or skips with ``skip_bad``). Use `write_rollouts` for a finished stage output.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rollouts:
-            f.write(r.to_json() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return path
+    return append_jsonl(path, rollouts)
 
 
 def read_pairs(path: str | os.PathLike, skip_bad: bool = False, report: LoadReport | None = None) -> list[PreferencePair]:
@@ -409,22 +371,4 @@ def truncate_rollouts(path: str | os.PathLike, from_step: int) -> int:
     """Keep only the rollouts of steps before `from_step` (and no torn line) in a growing
     ``rollouts.jsonl``, atomically; a resumed GRPO stage calls this before redoing `from_step`.
     Returns the number of lines dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    keep, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            step = json.loads(line)["step"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            dropped += 1
-            continue
-        if step < from_step:
-            keep.append(json.loads(line))
-        else:
-            dropped += 1
-    if dropped:
-        write_jsonl(path, keep)
-    return dropped
+    return truncate_jsonl(path, lambda row: row["step"] < from_step)

@@ -16,6 +16,7 @@ vLLM's own log is at ERROR level unless ``VLLM_LOGGING_LEVEL`` is set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -135,11 +136,7 @@ class _Setup:
         self.longest_prompt = max(len(p.token_ids) for p in self.prompts.values())
         self.video_cfg = None
         if args.use_video:
-            from veripo.data.video import VideoConfig
-
-            v = self.cfg.data.video
-            self.video_cfg = VideoConfig(fps=v.fps, nframes=v.nframes, min_pixels=v.min_pixels,
-                                         max_pixels=v.max_pixels, max_frames=v.max_frames, on_error="raise")
+            self.video_cfg = dataclasses.replace(self.cfg.data.video, on_error="raise")
 
     def make_request(self, record):
         from veripo.rollout import GenerationRequest

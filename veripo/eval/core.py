@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from veripo.data.records import Record
+from veripo.run_dir import RESULTS, SAMPLES, atomic_write_text, write_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
-    from verifier.config import VerifierConfig
+    from veripo.config import VerifierConfig
     from verifier.judge import ConsistencyJudge
     from veripo.rollout.types import GenerationRequest, Sample, SamplingConfig
 
@@ -136,7 +137,7 @@ def evaluate(records: Sequence[Record], generate: GenerateFn, make_request: Call
     (None: all at once). `seed` is used for sampling only (temperature > 0).
     """
     from verifier.checks import check_rollout, count_tokens, parse_response
-    from verifier.config import VerifierConfig
+    from veripo.config import VerifierConfig
     from verifier.pairs import PairStats, build_pairs
     from verifier.pipeline import judge_rollouts, resolve_records
     from veripo.data.rollouts import Rollout
@@ -238,22 +239,15 @@ def evaluate(records: Sequence[Record], generate: GenerateFn, make_request: Call
 
 
 # ---- output -------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    from veripo.data.rollouts import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def write_results(result: EvalResult, out_dir: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/results.json`` (``{"summary": ..., "meta": meta}``) and ``out_dir/samples.jsonl``
     (one sample per line), each atomically (temp file in the folder, fsync, rename). Returns the path
     of results.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "samples.jsonl",
-                  "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in result.samples))
-    results = out / "results.json"
-    _atomic_write(results, json.dumps({"summary": result.summary, "meta": dict(meta or {})}, indent=2,
+    write_jsonl(out / SAMPLES, result.samples)
+    results = out / RESULTS
+    atomic_write_text(results, json.dumps({"summary": result.summary, "meta": dict(meta or {})}, indent=2,
                                       ensure_ascii=False) + "\n")
     return results
 

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veripo.config import stage_plan
+from veripo.run_dir import PAIRS, PAIRS_META, RESULTS, ROLLOUTS, RunDir, atomic_write_text
+
 __all__ = ["Report", "build_report", "write_report"]
 
 EVAL_ORDER = ("base", "sft", "grpo", "preference")
@@ -94,7 +97,7 @@ def _iteration(row: dict) -> int:
 
 
 @dataclass
-class RunData:
+class RunView:
     run_dir: Path
     config: dict | None = None
     config_text: str | None = None
@@ -105,23 +108,23 @@ class RunData:
     def stage_rows(self, stage: str) -> list[dict]:
         return [r for r in self.rows if r.get("stage") == stage]
 
+    @property
+    def paths(self) -> RunDir:
+        return RunDir(self.run_dir)
+
     def stage_dir(self, iteration: int, name: str) -> Path:
         """``iter{i}/{name}``; for iteration 0 a stage folder at the run root (older layout) too."""
-        d = self.run_dir / f"iter{iteration}" / name
+        d = self.paths.stage(iteration, name)
         if not d.exists() and iteration == 0 and (self.run_dir / name).exists():
             return self.run_dir / name
         return d
 
     def iterations(self) -> list[int]:
-        its = {_iteration(r) for r in self.rows}
-        for d in self.run_dir.glob("iter*"):
-            m = re.fullmatch(r"iter(\d+)", d.name)
-            if m and d.is_dir():
-                its.add(int(m.group(1)))
+        its = {_iteration(r) for r in self.rows} | set(self.paths.iterations())
         for s in self.stage_order():
-            m = re.match(r"iter(\d+)/", s)
-            if m:
-                its.add(int(m.group(1)))
+            parsed = RunDir.parse_stage_id(s)
+            if parsed:
+                its.add(parsed[0])
         return sorted(its) or [0]
 
     def stage_order(self) -> list[str]:
@@ -137,18 +140,11 @@ class RunData:
             return order + [s for s in names if s != "eval" and s not in order]
         its = cfg.get("iterations", 1)
         its = min(its, 1000) if isinstance(its, int) and not isinstance(its, bool) and its >= 1 else 1
-        planned = [f"iter{i}/{s}" for i in range(its) for s in _stage_plan(names, i)] if names else []
+        planned = [f"iter{i}/{s}" for i in range(its) for s in stage_plan(names, i)] if names else []
         return planned + [s for s in order if s not in planned]
 
 
-def _stage_plan(stages: list[str], iteration: int) -> list[str]:
-    """The loop's stage ids of one iteration (`veripo.config.stage_plan`)."""
-    from veripo.config import stage_plan
-
-    return stage_plan(stages, iteration)
-
-
-def _read_text(path: Path, data: RunData) -> str | None:
+def _read_text(path: Path, data: RunView) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -158,7 +154,7 @@ def _read_text(path: Path, data: RunData) -> str | None:
         return None
 
 
-def _read_json(path: Path, data: RunData) -> Any:
+def _read_json(path: Path, data: RunView) -> Any:
     text = _read_text(path, data)
     if text is None:
         return None
@@ -169,7 +165,7 @@ def _read_json(path: Path, data: RunData) -> Any:
         return None
 
 
-def _read_metrics(path: Path, data: RunData) -> list[dict]:
+def _read_metrics(path: Path, data: RunView) -> list[dict]:
     text = _read_text(path, data)
     if text is None:
         return []
@@ -195,9 +191,9 @@ def _read_metrics(path: Path, data: RunData) -> list[dict]:
     return list(latest.values())
 
 
-def load_run(run_dir: str | os.PathLike) -> RunData:
-    data = RunData(Path(run_dir))
-    data.config_text = _read_text(data.run_dir / "config.yaml", data)
+def load_run(run_dir: str | os.PathLike) -> RunView:
+    data = RunView(Path(run_dir))
+    data.config_text = _read_text(data.paths.config, data)
     if data.config_text is not None:
         try:
             import yaml
@@ -206,13 +202,13 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
             data.config = cfg if isinstance(cfg, dict) else None
         except Exception as e:  # noqa: BLE001  (a half-written YAML must not stop the report)
             data.problems.append(f"config.yaml: not valid YAML ({type(e).__name__})")
-    man = _read_json(data.run_dir / "manifest.json", data)
+    man = _read_json(data.paths.manifest, data)
     data.manifest = man if isinstance(man, dict) else None
-    data.rows = _read_metrics(data.run_dir / "metrics.jsonl", data)
+    data.rows = _read_metrics(data.paths.metrics, data)
     return data
 
 
-def _read_records(path: Path, from_dict: Callable[[Any, str], Any], reader: Callable, data: RunData,
+def _read_records(path: Path, from_dict: Callable[[Any, str], Any], reader: Callable, data: RunView,
                   tail: bool) -> list:
     """Rollouts / pairs with the project's validating readers, skipping bad lines. A file above
     `_BIG_FILE` is read from its end (`tail`, the newest rollouts) or its start only."""
@@ -547,12 +543,12 @@ def _eval_plot(p: _Plotter, evals: dict[tuple[int, str], dict]) -> bool:
 # collecting the per-iteration data
 
 
-def _verify_data(data: RunData, iterations: list[int]) -> dict[int, dict]:
+def _verify_data(data: RunView, iterations: list[int]) -> dict[int, dict]:
     out: dict[int, dict] = {}
     for r in data.stage_rows("verify"):
         out[_iteration(r)] = dict(r)
     for it in iterations:
-        meta = _read_json(data.stage_dir(it, "verify") / "pairs.meta.json", data)
+        meta = _read_json(data.stage_dir(it, "verify") / PAIRS_META, data)
         stats = meta.get("stats") if isinstance(meta, dict) else None
         if isinstance(stats, dict):
             row = out.setdefault(it, {})
@@ -561,7 +557,7 @@ def _verify_data(data: RunData, iterations: list[int]) -> dict[int, dict]:
     return out
 
 
-def _eval_data(data: RunData) -> dict[tuple[int, str], dict]:
+def _eval_data(data: RunView) -> dict[tuple[int, str], dict]:
     out: dict[tuple[int, str], dict] = {}
     for r in data.stage_rows("eval"):
         after = str(r.get("after") or "?")
@@ -572,11 +568,11 @@ def _eval_data(data: RunData) -> dict[tuple[int, str], dict]:
              if (m := re.fullmatch(r"iter(\d+)", d.parent.name))]
     paths += [(0, d) for d in data.run_dir.glob("eval_*")]
     for it, d in paths:
-        res = _read_json(d / "results.json", data)
+        res = _read_json(d / RESULTS, data)
         summary = res.get("summary") if isinstance(res, dict) else None
         if isinstance(summary, dict):
             key = (it, d.name[len("eval_"):])
-            out[key] = {**out.get(key, {}), **summary, "_results": str((d / "results.json").relative_to(data.run_dir))}
+            out[key] = {**out.get(key, {}), **summary, "_results": str((d / RESULTS).relative_to(data.run_dir))}
     return out
 
 
@@ -667,7 +663,7 @@ def _stage_status(info: Any) -> tuple[str, str]:
     return "started, not done (running or interrupted)", "st-run"
 
 
-def _header(data: RunData, name: str, missing: list[str]) -> str:
+def _header(data: RunView, name: str, missing: list[str]) -> str:
     cfg = data.config or {}
     man = data.manifest or {}
     stages = man.get("stages") if isinstance(man.get("stages"), dict) else {}
@@ -700,7 +696,7 @@ def _header(data: RunData, name: str, missing: list[str]) -> str:
                          _fmt(info.get("steps_done")), esc(", ".join(f"{k}={v}" for k, v in extra.items()))])
         cols.append(f"<div><h3>Stages: {n_done}/{len(order)} done, {esc(_duration(total) or '0 s')} wall time</h3>"
                     + _table(["stage", "status", "wall time", "steps", "info"], rows, num_cols=[2, 3]) + "</div>")
-    if not (data.run_dir / "manifest.json").is_file():
+    if not data.paths.manifest.is_file():
         missing.append("manifest.json: not there yet (no stage has started)")
     if data.config is not None:
         rows = []
@@ -743,11 +739,11 @@ def _rollout_card(r, title: str) -> str:
     return "".join(out)
 
 
-def _rollout_section(data: RunData, iterations: list[int], missing: list[str]) -> str:
+def _rollout_section(data: RunView, iterations: list[int], missing: list[str]) -> str:
     from veripo.data.rollouts import Rollout, read_rollouts
 
     for it in reversed(iterations):
-        path = data.stage_dir(it, "grpo") / "rollouts.jsonl"
+        path = data.stage_dir(it, "grpo") / ROLLOUTS
         rollouts = _read_records(path, Rollout.from_dict, read_rollouts, data, tail=True)
         if not rollouts:
             continue
@@ -781,11 +777,11 @@ def _pair_side(p, side: str) -> str:
             f"<pre class=\"txt\">{_clip_text(getattr(p, side))}</pre></div>")
 
 
-def _pairs_section(data: RunData, iterations: list[int], missing: list[str], expected: bool) -> str:
+def _pairs_section(data: RunView, iterations: list[int], missing: list[str], expected: bool) -> str:
     from veripo.data.rollouts import PreferencePair, read_pairs
 
     for it in reversed(iterations):
-        path = data.stage_dir(it, "verify") / "pairs.jsonl"
+        path = data.stage_dir(it, "verify") / PAIRS
         pairs = _read_records(path, PreferencePair.from_dict, read_pairs, data, tail=False)
         if not pairs:
             continue
@@ -838,7 +834,7 @@ class Report:
     seconds: float = 0.0
 
 
-def _expects(data: RunData, name: str) -> bool:
+def _expects(data: RunView, name: str) -> bool:
     """Whether the run is configured to have stage `name` (``eval`` matches ``eval_grpo`` ...); when
     neither the manifest nor the config names any stage, assume yes."""
     order = data.stage_order()
@@ -854,7 +850,7 @@ def build_report(run_dir: str | os.PathLike) -> Report:
     missing: list[str] = []
     notes: list[str] = []
     header = _header(data, str(name), missing)
-    if not (data.run_dir / "metrics.jsonl").is_file():
+    if not data.paths.metrics.is_file():
         missing.append("metrics.jsonl: not there yet (no step logged)")
 
     p = _Plotter()
@@ -884,11 +880,10 @@ def build_report(run_dir: str | os.PathLike) -> Report:
 
     # per-stage expectations from the manifest order
     stages = (data.manifest or {}).get("stages") or {}
-    outputs = {"grpo": "rollouts.jsonl", "verify": "pairs.jsonl", "eval": "results.json"}
+    outputs = {"grpo": ROLLOUTS, "verify": PAIRS, "eval": RESULTS}
     for s in data.stage_order():
         info = stages.get(s) if isinstance(stages, dict) else None
-        m = re.match(r"iter(\d+)/(.+)", s)
-        it, stage = (int(m.group(1)), m.group(2)) if m else (0, s)
+        it, stage = RunDir.parse_stage_id(s) or (0, s)
         kind = stage.split("_")[0]
         label, _ = _stage_status(info)
         has_output = kind in outputs and (data.stage_dir(it, stage) / outputs[kind]).is_file()
@@ -937,6 +932,4 @@ def build_report(run_dir: str | os.PathLike) -> Report:
 def write_report(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
     """(Re)write ``run_dir/report.html`` (or `path`) atomically from whatever the run holds; returns the path."""
     report = build_report(run_dir)
-    from veripo.data.rollouts import atomic_write_text
-
-    return atomic_write_text(Path(path) if path is not None else Path(run_dir) / "report.html", report.html)
+    return atomic_write_text(Path(path) if path is not None else RunDir(run_dir).report, report.html)

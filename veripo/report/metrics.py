@@ -6,8 +6,9 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from veripo.run_dir import RunDir, read_json_lines, truncate_jsonl
 
 
 def _plain(value: Any) -> Any:
@@ -18,18 +19,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a crash mid-write
-            continue
-    return rows
-
-
 class MetricsLogger:
     """One logger per run: `log(stage, step, metrics)` appends a JSON line and writes scalars.
 
@@ -38,7 +27,8 @@ class MetricsLogger:
     """
 
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, wandb: bool = False, run_name: str = ""):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        run = RunDir(run_dir)
+        self.path = run.metrics
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.context: dict[str, Any] = {}  # merged into every row (the loop sets {"iteration": i})
         self.step_offset = 0  # added to `step` for TensorBoard / W&B (iterations laid end to end)
@@ -47,7 +37,7 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(run.tensorboard))
         if wandb:
             try:
                 import wandb as _wandb
@@ -55,6 +45,12 @@ class MetricsLogger:
                 print("veripo: logging.wandb=true but wandb is not installed; logging to JSONL/TensorBoard only")
             else:
                 self._wandb = _wandb.init(project="veripo", name=run_name, dir=str(run_dir), resume="allow")
+
+    def begin(self, iteration: int, step_offset: int = 0) -> None:
+        """Rows from now on carry ``iteration``; TensorBoard / W&B steps are shifted by `step_offset`
+        (a stage's iterations laid end to end). The loop calls this before each stage."""
+        self.context = {"iteration": iteration}
+        self.step_offset = step_offset
 
     def log(self, stage: str, step: int, metrics: dict[str, Any], global_step: int | None = None) -> None:
         row = {"stage": stage, "step": step, "time": round(time.time(), 3), **self.context}
@@ -75,20 +71,15 @@ class MetricsLogger:
     def read(self, stage: str | None = None) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [r for r in _read_rows(self.path) if stage is None or r["stage"] == stage]
+        return [r for r in read_json_lines(self.path) if stage is None or r["stage"] == stage]
 
     def truncate(self, stage: str, from_step: int, **match: Any) -> int:
         """Drop `stage`'s rows with ``step >= from_step`` (and the `match` fields, e.g. iteration=1), and any
         torn line a crash left; atomic. A resumed stage calls this before redoing those steps."""
         if not self.path.is_file():
             return 0
-        rows = _read_rows(self.path)
-        keep = [r for r in rows if not (r.get("stage") == stage and r.get("step", 0) >= from_step
-                                        and all(r.get(k) == v for k, v in match.items()))]
-        from veripo.data.rollouts import atomic_write_text
-
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
-        return len(rows) - len(keep)
+        return truncate_jsonl(self.path, lambda r: not (r.get("stage") == stage and r.get("step", 0) >= from_step
+                                                        and all(r.get(k) == v for k, v in match.items())))
 
     def close(self) -> None:
         if self._tb is not None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 
-from veripo.rollout.types import (BACKENDS, GenerationRequest, RolloutConfig, RolloutEngine, Sample,
-                                  SamplingConfig)
+from veripo.config.rollout import BACKENDS, RolloutConfig
+from veripo.rollout.types import GenerationRequest, RolloutEngine, Sample, SamplingConfig
 from veripo.rollout.weights import compare_checksums, iter_buckets, module_group, tensor_checksum
 
 __all__ = ["BACKENDS", "GenerationRequest", "HFEngine", "RolloutConfig", "RolloutEngine", "Sample",

@@ -23,7 +23,8 @@ from typing import Any, Iterable
 
 import torch
 
-from veripo.rollout.types import GenerationRequest, RolloutConfig, Sample, SamplingConfig
+from veripo.config import RolloutConfig
+from veripo.rollout.types import GenerationRequest, Sample, SamplingConfig
 
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

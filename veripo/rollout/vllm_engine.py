@@ -48,7 +48,8 @@ from typing import Any, Iterable
 
 import torch
 
-from veripo.rollout.types import GenerationRequest, RolloutConfig, Sample, SamplingConfig
+from veripo.config import RolloutConfig
+from veripo.rollout.types import GenerationRequest, Sample, SamplingConfig
 from veripo.rollout.weights import (LM_HEAD, compare_checksums, is_embedding, iter_buckets, tensor_checksum,
                                     with_tied_lm_head)
 

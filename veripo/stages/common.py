@@ -23,6 +23,8 @@ from typing import Any, Sequence
 from veripo.config import RunConfig
 from veripo.data import PromptStyle, Record, build_messages, load_records
 from veripo.data.records import LoadReport
+from veripo.data.synth import generate
+from veripo.run_dir import RunDir
 
 VISUAL_FIELDS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
@@ -64,15 +66,6 @@ def frame_order(n: int, seed: Any) -> tuple[int, ...]:
     return tuple(order)
 
 
-def video_config(cfg: RunConfig):
-    """The run's `VideoConfig` (section ``data.video``)."""
-    from veripo.data.video import VideoConfig
-
-    v = cfg.data.video
-    return VideoConfig(fps=v.fps, nframes=v.nframes, min_pixels=v.min_pixels, max_pixels=v.max_pixels,
-                       max_frames=v.max_frames, on_error=v.on_error)
-
-
 class PromptBuilder:
     """Renders records with the policy's chat template: text-only (the caption stands in for the video),
     or, with ``data.use_video``, with the clip through the model's processor (see the module docstring).
@@ -90,7 +83,7 @@ class PromptBuilder:
         if cfg.model.chat_template:
             tokenizer.chat_template = cfg.model.chat_template
         self._processor = processor
-        self.video_cfg = video_config(cfg) if cfg.data.use_video else None
+        self.video_cfg = cfg.data.video if cfg.data.use_video else None
         self.video_stats = None
         self._videos: OrderedDict[str, Any] = OrderedDict()
         self._video_cache = video_cache
@@ -227,19 +220,19 @@ def policy_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Seq
 
 
 @dataclass
-class RunData:
+class RunRecords:
+    """A run's train and held-out records, with what loading left out."""
+
     train: list[Record]
     test: list[Record]
     skipped: int = 0
     images_left_out: int = 0  # image records of a vision run (GenerationRequest carries videos only)
 
 
-def load_run_data(cfg: RunConfig, run_dir: Path) -> RunData:
+def load_run_records(cfg: RunConfig, run: RunDir) -> RunRecords:
     """The recipe's train/test records, generating the synthetic set into the run folder when asked."""
     if cfg.data.train is None:
-        from veripo.data.synth import generate
-
-        out = run_dir / "data"
+        out = run.data
         if not (out / "meta.json").is_file():
             s = cfg.data.synth
             generate(out, s.n, seed=s.seed, difficulty=s.difficulty, test_fraction=s.test_fraction, frames=s.frames)
@@ -259,4 +252,4 @@ def load_run_data(cfg: RunConfig, run_dir: Path) -> RunData:
             print(f"veripo: {images} image records left out: the vision path takes video records (and text) only")
     if not train:
         raise ValueError(f"{train_path}: no usable records. Fix: check data.train")
-    return RunData(train=train, test=test, skipped=report.skipped, images_left_out=images)
+    return RunRecords(train=train, test=test, skipped=report.skipped, images_left_out=images)

@@ -1,7 +1,10 @@
 """The GRPO stage (ALGORITHMS.md §1): prompts -> rollouts -> rewards -> advantages -> update -> sync.
 
-`GRPOLoss` is the loss callable the policy engine runs; `GRPOStage.step()` is one iteration of the
-stage and reads as the algorithm. Every rollout goes to ``rollouts.jsonl`` as a `Rollout` record.
+`GRPOStage.run(ctx, out, start_step)` does the stage's steps over its prompt pool (`prompt_pool`: the
+train split less the prompts earlier iterations found easy); `GRPOStep.step()` is one step and reads as
+the algorithm. `GRPOLoss` is the loss callable the policy engine runs; the advantage estimator, the
+policy loss, the KL estimator and the aggregation come from `veripo.algos`' registries by name. Every
+rollout goes to ``rollouts.jsonl`` as a `Rollout` record.
 
 Vision runs (``data.use_video``): each prompt carries its clip to the rollout engine, and each trained
 sample carries the processor's pixels of the same frames (`PromptBuilder.render`). T-GRPO
@@ -14,17 +17,27 @@ verifier; metrics ``temporal_*``.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
+from tqdm import tqdm
+
+from veripo.algos import (ADV_ESTIMATORS, POLICY_LOSSES, aggregate, kl_penalty, prune_easy, temporal_bonus,
+                          token_logprobs)
 from veripo.config import GRPOConfig
 from veripo.data import Record
-from veripo.data.rollouts import Rollout
+from veripo.data.rollouts import Rollout, append_rollouts, read_rollouts, truncate_rollouts
 from veripo.faults import fault_point
+from veripo.rewards import extract_think, length_bonus
+from veripo.rollout import SamplingConfig
+from veripo.run_dir import ROLLOUTS, SHUFFLED_ROLLOUTS
+from veripo.stages.base import StageContext
+from veripo.stages.common import policy_batch
 
 # T-GRPO (ALGORITHMS.md section 1): alpha is added to ordered rollouts with accuracy > 0.1 when
 # mean_acc(ordered) >= mu * mean_acc(shuffled)
@@ -48,13 +61,13 @@ class GRPOLoss:
     agg: str = "token-mean"
     chunk_size: int | None = None
 
-    def __call__(self, logits, micro, ctx):
-        from veripo.algos import aggregate, kl_penalty, policy_loss, token_logprobs
+    policy_loss: str = "vanilla"
 
+    def __call__(self, logits, micro, ctx):
         logp = token_logprobs(logits, micro.input_ids, chunk_size=self.chunk_size)
         old = micro.old_logp if micro.old_logp is not None else logp.detach()
         denom = ctx.global_tokens if self.agg == "token-mean" else ctx.global_batch_size
-        loss, metrics = policy_loss(logp, old, micro.advantages, micro.loss_mask, clip_low=self.clip_low,
+        loss, metrics = POLICY_LOSSES.get(self.policy_loss)(logp, old, micro.advantages, micro.loss_mask, clip_low=self.clip_low,
                                     clip_high=self.clip_high, dual_clip=self.dual_clip, agg=self.agg,
                                     denominator=denom)
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -79,43 +92,95 @@ def sample_prompts(pool: Sequence[Record], k: int, seed: int, step: int, iterati
     return rng.sample(list(pool), min(k, len(pool)))
 
 
+def prompt_pool(ctx: StageContext) -> list[Record]:
+    """The GRPO prompt pool of iteration ``ctx.iteration`` (VerIPO's easy-sample pruning, ALGORITHMS.md
+    §1): the train split, minus the prompts each earlier iteration found easy (its latest group of G
+    rollouts all accurate), each dropped with probability ``prune.p``; seeded per iteration, and recomputed
+    from the rollout files, so a resumed run prunes the same prompts."""
+    cfg = ctx.cfg
+    pool = list(ctx.data.train)
+    if not cfg.prune.enabled:
+        return pool
+    for j in range(ctx.iteration):
+        path = ctx.run.rollouts(j)
+        if not path.is_file():
+            continue
+        latest: dict[str, tuple] = {}
+        for r in read_rollouts(path, skip_bad=True):
+            acc = r.reward_components.get("accuracy", 0.0) >= cfg.prune.accuracy_threshold
+            key = (r.iteration, r.step)
+            prev = latest.get(r.problem_id)
+            if prev is None or prev[0] < key:
+                latest[r.problem_id] = (key, [acc])
+            elif prev[0] == key:
+                prev[1].append(acc)
+        ids = [r.problem_id for r in pool]
+        flags = [pid in latest and all(latest[pid][1]) for pid in ids]
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + j)
+        kept = set(prune_easy(ids, flags, p=cfg.prune.p, generator=gen))
+        new_pool = [r for r in pool if r.problem_id in kept]
+        if not new_pool:
+            print(f"veripo: pruning after iteration {j} would leave no prompts; keeping the pool")
+            continue
+        if len(new_pool) < len(pool):
+            print(f"veripo: iteration {j + 1}: pruned {len(pool) - len(new_pool)} easy prompts ({len(new_pool)} left)")
+        pool = new_pool
+    return pool
+
+
 class GRPOStage:
-    """One GRPO stage over `records`, driving the workers; `run()` does `cfg.steps` steps."""
+    """``grpo.steps`` GRPO steps over the iteration's prompt pool; a KL reference (``grpo.kl_coef`` > 0) is a
+    frozen export of the policy at the stage's start, loaded on its own ranks for the stage."""
 
-    def __init__(self, cfg: GRPOConfig, workers, prompts, tokenizer, records: Sequence[Record],
-                 out_dir: Path, metrics, seed: int, iteration: int = 0, bucket_mb: int = 256, progress: bool = True,
-                 sample_every: int = 1):
-        self.cfg, self.workers, self.prompts, self.tokenizer = cfg, workers, prompts, tokenizer
-        self.records, self.out_dir, self.metrics = list(records), Path(out_dir), metrics
-        self.seed, self.iteration, self.bucket_mb = seed, iteration, bucket_mb
-        self.progress, self.sample_every = progress, sample_every
-        self.loss = GRPOLoss.from_config(cfg)
-        self.rollouts_path = self.out_dir / "rollouts.jsonl"
-        self.shuffled_path = self.out_dir / "rollouts_shuffled.jsonl"  # T-GRPO's shuffled-frame rollouts
-        self._warned_temporal = False
+    name = "grpo"
+    trains = True
 
-    def run(self, start_step: int = 0, on_step_done=None) -> list[dict]:
-        from tqdm import tqdm
-
-        history = []
-        bar = tqdm(range(start_step, self.cfg.steps), desc="grpo", disable=not self.progress, unit="step",
-                   initial=start_step, total=self.cfg.steps)
+    def run(self, ctx: StageContext, out: Path, start_step: int) -> dict:
+        g, it = ctx.cfg.grpo, ctx.iteration
+        if g.kl_coef > 0:
+            ctx.workers.start_reference(str(_export_reference(ctx, out)))
+        lr = g.lr if it == 0 or g.lr_after_first is None else g.lr_after_first
+        ctx.progress.begin(ctx.stage_id, out, start_step, lr, 0, g.steps)
+        truncate_rollouts(out / ROLLOUTS, from_step=start_step)
+        truncate_rollouts(out / SHUFFLED_ROLLOUTS, from_step=start_step)  # T-GRPO's, never verified
+        ctx.metrics.begin(it, step_offset=it * g.steps)
+        pool = prompt_pool(ctx)
+        steps = GRPOStep(ctx, out, pool)
+        bar = tqdm(range(start_step, g.steps), desc="grpo", disable=not ctx.cfg.logging.progress, unit="step",
+                   initial=start_step, total=g.steps)
         for step in bar:
-            m = self.step(step)
-            history.append(m)
+            m = steps.step(step)
             bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['accuracy_mean']:.2f}",
                             fmt=f"{m['format_mean']:.2f}")
-            if on_step_done is not None:
-                on_step_done(step, m)
-        return history
+            ctx.progress.step_done(ctx.stage_id, out, step, g.steps)
+        ctx.workers.close_reference()
+        ctx.metrics.begin(it)
+        return {"steps_done": g.steps, "pool": len(pool), "rollouts": str(out / ROLLOUTS)}
+
+
+def _export_reference(ctx: StageContext, out: Path) -> Path:
+    """A frozen copy of the current policy (the KL anchor), exported once per stage."""
+    path = out / "reference"
+    if not (path / ".complete").is_file():
+        ctx.workers.trainer.export_hf(str(path))
+        (path / ".complete").write_text("")
+    return path
+
+
+class GRPOStep:
+    """One GRPO step at a time over `records` (the stage's pool), for the stage folder `out`."""
+
+    def __init__(self, ctx: StageContext, out: Path, records: Sequence[Record]):
+        self.ctx, self.cfg, self.records = ctx, ctx.cfg.grpo, list(records)
+        self.workers, self.prompts, self.tokenizer, self.metrics = ctx.workers, ctx.prompts, ctx.tokenizer, ctx.metrics
+        self.seed, self.iteration = ctx.cfg.seed, ctx.iteration
+        self.loss = GRPOLoss.from_config(self.cfg)
+        self.advantages = ADV_ESTIMATORS.get("grpo" if self.cfg.norm_adv_by_std else "drgrpo")
+        self.rollouts_path = Path(out) / ROLLOUTS
+        self.shuffled_path = Path(out) / SHUFFLED_ROLLOUTS  # T-GRPO's shuffled-frame rollouts
+        self._warned_temporal = False
 
     def step(self, step: int) -> dict:
-        import torch
-
-        from veripo.algos import grpo_advantages
-        from veripo.rollout import SamplingConfig
-        from veripo.stages.common import policy_batch
-
         t0 = time.perf_counter()
         records = sample_prompts(self.records, self.cfg.prompts_per_step, self.seed, step, self.iteration)
         prompts = [self.prompts.render(r) for r in records]  # with its clip for a video record of a vision run
@@ -136,8 +201,7 @@ class GRPOStage:
         bonus, temporal_metrics = self._temporal_bonus(flat, scores, shuffled, shuffled_scores)
         rewards = [r + b for r, b in zip(rewards, bonus)]
         group_ids = torch.tensor([g for g, *_ in flat])
-        adv = grpo_advantages(torch.tensor(rewards, dtype=torch.float64), group_ids,
-                              norm_by_std=self.cfg.norm_adv_by_std).float()
+        adv = self.advantages(torch.tensor(rewards, dtype=torch.float64), group_ids).float()
 
         # only the ordered-frame rollouts are trained on; a video sample carries its frames' pixels
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -151,7 +215,8 @@ class GRPOStage:
         t_train = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        sync = self.workers.rollout.update_weights(self.workers.trainer.weight_buckets_ref(self.bucket_mb))
+        bucket_mb = self.ctx.cfg.rollout.weight_sync_bucket_mb
+        sync = self.workers.rollout.update_weights(self.workers.trainer.weight_buckets_ref(bucket_mb))
         t_sync = time.perf_counter() - t2
 
         temporal_groups = {g for g, *_ in shuffled}
@@ -178,7 +243,8 @@ class GRPOStage:
         m.setdefault("accuracy_mean", 0.0)
         m.setdefault("format_mean", 0.0)
         self.metrics.log("grpo", step, m)
-        if self.sample_every and step % self.sample_every == 0 and self.progress:
+        log = self.ctx.cfg.logging
+        if log.sample_every and step % log.sample_every == 0 and log.progress:
             best = max(range(len(flat)), key=lambda i: rewards[i])
             print(f"\n[grpo step {step}] reward={rewards[best]:.2f} sample: {flat[best][3].text[:300]!r}")
         return m
@@ -204,8 +270,6 @@ class GRPOStage:
     def _shuffled_rollouts(self, step: int, prompts: list, sampling) -> list[tuple]:
         """G/2 rollouts of every video prompt on its frames in a shuffled order (deterministic in seed,
         iteration, step and record), as ``(group, record, prompt, sample)``; never trained on."""
-        import dataclasses
-
         idx = [g for g, p in enumerate(prompts) if p.video is not None]
         if not idx:
             if not self._warned_temporal:
@@ -227,10 +291,6 @@ class GRPOStage:
         """`veripo.algos.temporal_bonus` for the ordered rollouts, and the step's temporal metrics."""
         if not shuffled:
             return [0.0] * len(flat), {}
-        import torch
-
-        from veripo.algos import temporal_bonus
-
         acc_o = torch.tensor([sc.components.get("accuracy", 0.0) for sc in scores], dtype=torch.float64)
         acc_s = torch.tensor([sc.components.get("accuracy", 0.0) for sc in shuffled_scores], dtype=torch.float64)
         ids_o = torch.tensor([g for g, *_ in flat])
@@ -252,8 +312,6 @@ class GRPOStage:
         rewards = [sc.total for sc in scores]
         if self.cfg.length_bonus <= 0:
             return rewards
-        from veripo.rewards import extract_think, length_bonus
-
         groups: dict[int, list[int]] = {}
         for i, (g, *_) in enumerate(flat):
             groups.setdefault(g, []).append(i)
@@ -283,7 +341,7 @@ class GRPOStage:
                                 finish_reason=s.finish_reason, reward=float(r), reward_components=comps,
                                 advantage=float(a), step=step, iteration=self.iteration, sample_index=k,
                                 mean_logprob=_mean_logprob(s), record=rec.to_dict(), extra=extra))
-        _append(self.rollouts_path, rows)
+        append_rollouts(self.rollouts_path, rows)
 
     def _write_shuffled(self, step, shuffled, scores) -> None:
         """T-GRPO's shuffled-frame rollouts to ``rollouts_shuffled.jsonl`` (``frames: "shuffled"`` and the
@@ -300,20 +358,11 @@ class GRPOStage:
                                 reward_components=dict(sc.components), advantage=None, step=step,
                                 iteration=self.iteration, sample_index=k, mean_logprob=_mean_logprob(s),
                                 record=rec.to_dict(), extra={"frames": "shuffled", "frame_order": list(p.frame_order)}))
-        _append(self.shuffled_path, rows)
+        append_rollouts(self.shuffled_path, rows)
 
 
 def _mean_logprob(s) -> float | None:
     return (sum(s.logprobs) / len(s.logprobs)) if s.logprobs else None
-
-
-def _append(path: Path, rows: list[Rollout]) -> None:
-    """Append rollouts to a JSONL file, flushed and fsynced (a torn last line is dropped on resume)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(r.to_json() for r in rows) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _check_prompt_ids(flat) -> None:

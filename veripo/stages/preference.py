@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 import os
 import random
 import tempfile
@@ -43,92 +42,13 @@ import torch
 from torch import Tensor
 
 from veripo.algos.preference import PreferenceHParams, PreferenceInputs, get_preference_loss, phrase_masks, phrase_spans
-from veripo.config import choice
-from veripo.data.rollouts import PreferencePair
+from veripo.config import PreferenceConfig
+from veripo.data.pairs import load_pair_file
+from veripo.data.rollouts import PreferencePair, read_pairs
+from veripo.faults import fault_point
+from veripo.stages.base import StageContext
 
 log = logging.getLogger(__name__)
-
-LOSS_NAMES = ("sigmoid", "robust", "cdpo", "ipo", "hinge", "rrpo", "leanpo", "simpo")
-
-
-def _fail(name: str, rule: str, value: Any) -> None:
-    raise ValueError(f"preference.{name} {rule}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class PreferenceConfig:
-    """The preference stage (recipe section ``preference``).
-
-    beta / label_smoothing: None takes the loss's default (beta 0.1 for the DPO family and RRPO, 2.0
-    for LeanPO and SimPO; smoothing 0.0, LeanPO 0.1). label_smoothing is used by robust, cdpo and
-    leanpo; gamma (the reward margin) by leanpo and simpo; alpha (token-wise KL) and min_match
-    (phrase alignment) by rrpo; ipo normalises log-ratios by response token counts. sft_weight adds
-    ``sft_weight * NLL(y+)`` (token mean). batch_size is pairs per optimizer step; steps (when set)
-    overrides epochs. pairs: a pair file (the verifier's, or LLaVA-Hound-style external JSONL); null
-    means the verifier's output in the loop. max_response_tokens truncates each response.
-    """
-
-    loss: str = choice("sigmoid", LOSS_NAMES)
-    beta: float | None = None
-    label_smoothing: float | None = None
-    gamma: float = 0.5
-    alpha: float = 0.01
-    min_match: int = 1
-    sft_weight: float = 0.0
-    lr: float = 1e-6
-    warmup_steps: int = 0
-    epochs: int = 1
-    steps: int | None = None
-    batch_size: int = 8
-    pairs: str | None = None
-    max_pairs: int | None = None
-    max_response_tokens: int | None = None
-    shuffle: bool = True
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSS_NAMES:
-            _fail("loss", f"must be one of {', '.join(LOSS_NAMES)}", self.loss)
-        spec = get_preference_loss(self.loss)
-        if self.beta is not None and not (isinstance(self.beta, (int, float)) and self.beta > 0):
-            _fail("beta", "must be > 0 (or null for the loss's default)", self.beta)
-        eps = self.label_smoothing
-        if eps is not None:
-            if not spec.uses_label_smoothing and eps != 0:
-                _fail("label_smoothing", f"is used by robust, cdpo and leanpo only (loss={self.loss}); set it to null",
-                      eps)
-            high_ok = eps <= 0.5 if self.loss == "cdpo" else eps < 0.5
-            if not (0 <= eps and high_ok):
-                _fail("label_smoothing", "must be in [0, 0.5) ([0, 0.5] for cdpo)", eps)
-        if not math.isfinite(self.gamma):
-            _fail("gamma", "must be a finite number", self.gamma)
-        if not self.alpha >= 0:
-            _fail("alpha", "must be >= 0", self.alpha)
-        if not isinstance(self.min_match, int) or self.min_match < 1:
-            _fail("min_match", "must be an integer >= 1", self.min_match)
-        if not self.sft_weight >= 0:
-            _fail("sft_weight", "must be >= 0", self.sft_weight)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            _fail("lr", "must be a finite number > 0", self.lr)
-        for name in ("warmup_steps", "epochs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                _fail(name, "must be an integer >= 0", getattr(self, name))
-        for name in ("steps", "max_pairs", "max_response_tokens"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                _fail(name, "must be null or an integer >= 1", v)
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            _fail("batch_size", "must be an integer >= 1 (pairs per step)", self.batch_size)
-
-    def hparams(self) -> PreferenceHParams:
-        spec = get_preference_loss(self.loss)
-        eps = spec.default_label_smoothing if self.label_smoothing is None else self.label_smoothing
-        return PreferenceHParams(beta=self.beta if self.beta is not None else spec.default_beta,
-                                 label_smoothing=float(eps), gamma=float(self.gamma), alpha=float(self.alpha),
-                                 sft_weight=float(self.sft_weight))
-
-    def total_steps(self, n_pairs: int) -> int:
-        return self.steps if self.steps is not None else self.epochs * math.ceil(n_pairs / self.batch_size)
-
 
 # ----------------------------------------------------------------------------------------------------
 # Pairs -> token ids (and frames)
@@ -544,3 +464,38 @@ def _load_reference_logps(path: Path | None, pairs: Sequence[EncodedPair]) -> bo
     for p in pairs:
         p.chosen["ref_logp"], p.rejected["ref_logp"] = state[p.pair_id]
     return True
+
+
+class PreferenceStage:
+    """``preference.loss`` on the iteration's verifier pairs (or the file ``preference.pairs`` names), on the
+    same policy engine as GRPO; the reference is the policy at the stage's start."""
+
+    name = "preference"
+    trains = True
+
+    def run(self, ctx: StageContext, out: Path, start_step: int) -> dict:
+        c = ctx.cfg.preference
+        if c.pairs:
+            pairs = load_pair_file(c.pairs)
+        else:
+            path = ctx.run.pairs(ctx.iteration)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no pair file. Fix: put verify before preference in stages, or "
+                                        "set preference.pairs=PATH (a verifier or LLaVA-Hound-style pair JSONL)")
+            pairs = read_pairs(path)
+        n_pairs = min(len(pairs), c.max_pairs) if c.max_pairs else len(pairs)
+        total = c.total_steps(n_pairs) if n_pairs else 0
+        ctx.progress.begin(ctx.stage_id, out, start_step, c.lr, c.warmup_steps, total)
+
+        def done(step: int, row: dict) -> None:
+            fault_point("preference.step")
+            ctx.progress.step_done(ctx.stage_id, out, step, total)
+
+        video = ctx.cfg.data.use_video  # a vision model: video pairs carry their frames
+        history = run_preference_stage(c, ctx.workers.trainer, pairs, ctx.tokenizer, ctx.prompts, ctx.metrics,
+                                       progress=ctx.cfg.logging.progress, out_dir=out, seed=ctx.cfg.seed + ctx.iteration,
+                                       start_step=start_step, on_step_done=done,
+                                       processor=ctx.prompts.processor if video else None,
+                                       video_cfg=ctx.prompts.video_cfg if video else None)
+        ctx.progress.sync_weights()
+        return {"steps_done": start_step + len(history), "pairs": len(pairs)}

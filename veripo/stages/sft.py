@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
+from tqdm import tqdm
+
+from veripo.algos import aggregate, token_logprobs
 from veripo.data import Record
+from veripo.faults import fault_point
+from veripo.rewards import extract_think
+from veripo.stages.base import StageContext
+from veripo.stages.common import policy_batch
 
 
 def sft_target(record: Record) -> str:
     """The response the cold start trains on for `record`: its ``process`` (when it holds a
     ``<think>…</think>`` pair) or a stub, then ``<answer>…</answer>`` with the ground truth."""
-    from veripo.rewards import extract_think
-
     process = record.extra.get("process")
     if isinstance(process, str) and extract_think(process) is not None:
         think = process.strip()
@@ -39,8 +45,6 @@ class SFTLoss:
     chunk_size: int | None = None
 
     def __call__(self, logits, micro, ctx):
-        from veripo.algos import aggregate, token_logprobs
-
         logp = token_logprobs(logits, micro.input_ids, chunk_size=self.chunk_size)
         nll = -logp
         loss = aggregate(nll, micro.loss_mask, "token-mean", denominator=ctx.global_tokens)
@@ -64,3 +68,28 @@ def sft_batches(records: list[Record], prompts, tokenizer, steps: int, batch_siz
         rendered = [prompts.render(records[i]) for i in batch]
         r_ids = [tokenizer(sft_target(records[i]) + eos, add_special_tokens=False)["input_ids"] for i in batch]
         yield rendered, r_ids
+
+
+class SFTStage:
+    """The cold start: ``sft.steps`` steps of `SFTLoss` on batches of ``sft.batch_size`` records' targets."""
+
+    name = "sft"
+    trains = True
+
+    def run(self, ctx: StageContext, out: Path, start_step: int) -> dict:
+        c = ctx.cfg.sft
+        ctx.progress.begin(ctx.stage_id, out, start_step, c.lr, c.warmup_steps, c.steps)
+        batches = sft_batches(ctx.data.train, ctx.prompts, ctx.tokenizer, c.steps, c.batch_size, ctx.cfg.seed)
+        bar = tqdm(batches, total=c.steps, desc="sft", disable=not ctx.cfg.logging.progress, unit="step")
+        for step, (prompts, r_ids) in enumerate(bar):
+            if step < start_step:
+                continue
+            batch = policy_batch([p.token_ids for p in prompts], r_ids, ctx.pad_id,
+                                 visuals=[p.visual for p in prompts])  # a video prompt carries its frames
+            m = ctx.workers.trainer.train_step(batch, SFTLoss())
+            ctx.metrics.log("sft", step, {k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "step"})
+            bar.set_postfix(nll=f"{m.get('nll', float('nan')):.3f}")
+            fault_point("sft.step")
+            ctx.progress.step_done(ctx.stage_id, out, step, c.steps)
+        ctx.progress.sync_weights()
+        return {"steps_done": c.steps}

@@ -6,7 +6,7 @@ GRPO, SFT and every preference loss share it: `PolicyEngine.train_step(batch, lo
 """
 
 from veripo.train.batch import PolicyBatch
-from veripo.train.config import LoraConfig, TrainConfig
+from veripo.config import LoraConfig, TrainConfig
 from veripo.train.dist import (destroy_process_group, free_port, init_process_group, init_process_group_from_env,
                                run_on_local_ranks)
 from veripo.train.engine import LossFn, PolicyEngine, StepContext

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from veripo.train import checkpoint as ckpt
 from veripo.train.batch import PolicyBatch
-from veripo.train.config import TrainConfig
+from veripo.config import TrainConfig
 from veripo.train.optim import build_optimizer, build_scheduler
 from veripo.train.weights import SafetensorsWriter, copy_model_files, full_tensor, iter_hf_weights, source_dtype
 

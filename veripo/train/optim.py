@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from veripo.train.config import TrainConfig
+from veripo.config import TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:

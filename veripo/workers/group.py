@@ -332,6 +332,26 @@ class Workers:
         return TrainerGroup(self.train_cfg, model_path, len(self.trainer.workers), 0.0, self.threads, slots,
                             self.groups)
 
+    def start_reference(self, model_path: str) -> TrainerGroup:
+        """Load the frozen reference (`reference_group`) as `reference`, until `close_reference`."""
+        self.close_reference()
+        self.reference = self.reference_group(model_path)
+        return self.reference
+
+    def judge_backend(self, verify) -> "RemoteJudge | None":
+        """The verifier's judge for the recipe's `verify` section (`veripo.config.VerifyConfig`): its own
+        engine, started on first use and kept for the run (or the ``openai`` endpoint's client); None with
+        ``verify.judge=none``."""
+        if verify.judge == "none":
+            return None
+        if self.judge is None:
+            options: dict[str, Any] = dict(verify.judge_kwargs)
+            if verify.judge == "openai":
+                options.update(base_url=verify.base_url, api_key_env=verify.api_key_env)
+            self.judge = RemoteJudge(verify.judge, verify.judge_model, verify.judge_max_tokens, options,
+                                     verify.judge_gpus, self.threads)
+        return self.judge
+
     def placement(self) -> dict[str, list[dict]]:
         """Where every actor runs (node id, IP, hostname, pid), by role; waits for the actors to start."""
         import ray

@@ -1,132 +1,23 @@
-"""Typed, frozen run configuration behind the Hydra recipes.
+"""The run's config: `RunConfig` and its sections, each a typed frozen dataclass.
 
-A recipe (``recipes/*.yaml``) is composed by Hydra, turned into a plain dict and validated here into
-`RunConfig` before any model loads. Every error names the key (``grpo.group_size``), what is wrong
-and the allowed values; an unknown key gets the closest known names as suggestions.
-
-`from_dict(cls, data, prefix)` is the one converter: it walks any dataclass's fields, checks types
-(int, float, bool, str, Optional, list, dict, nested dataclasses, Literal-like choices given in
-``field(metadata={"choices": ...})``) and then the class's own ``__post_init__`` checks values.
-Sections owned by other packages (``train`` -> `veripo.train.TrainConfig`, ``rollout`` ->
-`veripo.rollout.RolloutConfig`) go through the same converter.
+A recipe (``veripo/recipes/*.yaml``) is composed by Hydra, turned into a plain dict and validated into
+`RunConfig` by `RunConfig.from_dict` (the one converter, `veripo.config.convert.from_dict`) before any
+model loads. Sections owned by a subsystem live beside this file (``train``: `TrainConfig`, ``rollout``:
+`RolloutConfig`, ``preference``: `PreferenceConfig`, ``verify.config``: `VerifierConfig`), all in
+`veripo.config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A bad recipe value; the message names the key and the fix."""
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            raise ConfigError(f"{key}: a section is required here, got null")
-        return from_dict(tp, value, key)
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}. Fix: write {key}=[a,b]")
-        inner = args[0] if args else Any
-        return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        vt = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a plain mapping, checking keys, types and choices."""
-    where = prefix or "<root>"
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a section (mapping), got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(k, list(fields), n=3)
-        dotted = [f"{prefix}.{c}" if prefix else c for c in close]
-        hint = f" Did you mean {', '.join(dotted)}?" if close else ""
-        raise ConfigError(f"{prefix + '.' if prefix else ''}{k}: unknown key.{hint} "
-                          f"Known keys of {where}: {', '.join(sorted(fields))}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _convert(value, hints[name], key)
-        choices = fields[name].metadata.get("choices")
-        if choices is not None and kwargs[name] is not None:
-            vals = kwargs[name] if isinstance(kwargs[name], list) else [kwargs[name]]
-            for v in vals:
-                if v not in choices:
-                    raise ConfigError(f"{key}: {v!r} is not allowed. Allowed values: {', '.join(map(str, choices))}")
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        raise ConfigError(msg if not prefix or msg.startswith(prefix) else f"{prefix}: {msg}") from e
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass config back to plain data (for config.yaml and hashing)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def choice(default: Any, choices: tuple) -> Any:
-    return field(default=default, metadata={"choices": choices})
-
+from veripo.config.convert import choice, from_dict, registry_choices
+from veripo.config.preference import PreferenceConfig
+from veripo.config.rollout import RolloutConfig
+from veripo.config.train import TrainConfig
+from veripo.config.verifier import VerifierConfig
+from veripo.config.video import VideoConfig
 
 STAGES = ("sft", "grpo", "verify", "preference", "eval")
 
@@ -189,16 +80,6 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class VideoSection:
-    fps: float | None = None
-    nframes: int | None = 8
-    min_pixels: int = 16 * 28 * 28
-    max_pixels: int = 128 * 28 * 28
-    max_frames: int = 16
-    on_error: str = choice("raise", ("raise", "skip"))
-
-
-@dataclass(frozen=True)
 class DataConfig:
     train: str | None = None  # Video-R1 JSONL; null = generate the synthetic set
     test: str | None = None
@@ -208,7 +89,7 @@ class DataConfig:
     system_prompt: str | None = None
     max_prompt_tokens: int = 1024
     skip_bad: bool = False
-    video: VideoSection = VideoSection()
+    video: VideoConfig = VideoConfig()
 
     def __post_init__(self):
         if not (self.use_caption or self.use_video):
@@ -245,9 +126,8 @@ class GRPOConfig:
     clip_high: float = 0.2
     dual_clip: float | None = None
     kl_coef: float = 0.0
-    kl_kind: str = choice("k3", ("k1", "abs", "k2", "k3"))
-    agg: str = choice("token-mean", ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                                     "seq-mean-token-sum-norm"))
+    kl_kind: str = choice("k3", registry_choices("veripo.algos", "KL_ESTIMATORS"))
+    agg: str = choice("token-mean", registry_choices("veripo.algos", "AGG_MODES"))
     norm_adv_by_std: bool = True
     reward_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
     length_bonus: float = 0.0  # Video-R1's +w for correct answers with l_min..l_max reasoning tokens
@@ -269,14 +149,15 @@ class GRPOConfig:
 
 
 @dataclass(frozen=True)
-class VerifySection:
+class VerifyConfig:
     """The verify stage: the iteration's GRPO rollouts -> rule checks + judge -> contrastive pairs.
 
     `mode` ``consistency`` is VerIPO's rollout-aware verifier (penalty / consistency / reflection pairs,
     ALGORITHMS.md section 3); ``caption`` is the LLaVA-Hound caption-proxy judge (best vs worst).
     The judge runs on its own engine (a Ray actor holding `judge_model` on vLLM, `judge_gpus` GPUs)
     unless `judge` is ``openai`` (an endpoint at `base_url`) or ``none`` (rule checks only).
-    `config` overrides `verifier.VerifierConfig` fields (e.g. ``{max_pairs_per_prompt: 3}``).
+    `config` is the verifier's own section (`VerifierConfig`: thresholds and pair rules), e.g.
+    ``verify.config.max_pairs_per_prompt=3``.
     """
 
     mode: str = choice("consistency", ("consistency", "caption"))
@@ -288,7 +169,7 @@ class VerifySection:
     judge_gpus: float = 0.0
     judge_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments for the judge
     last_steps: int | None = None  # null: every GRPO step of the iteration; N: only the last N steps
-    config: dict[str, Any] = field(default_factory=dict)
+    config: VerifierConfig = VerifierConfig()
 
     def __post_init__(self):
         if self.judge == "openai" and not self.base_url:
@@ -297,20 +178,10 @@ class VerifySection:
             raise ValueError("verify.mode=caption needs a judge: set verify.judge=vllm or openai")
         if self.last_steps is not None and self.last_steps < 1:
             raise ValueError(f"verify.last_steps must be >= 1 or null, got {self.last_steps}")
-        self.verifier_config()
-
-    def verifier_config(self):
-        """`verifier.VerifierConfig` with `config`'s overrides (errors name ``verify.config.KEY``)."""
-        from verifier.config import ConfigError as VerifierConfigError, VerifierConfig
-
-        try:
-            return VerifierConfig.from_dict(dict(self.config))
-        except VerifierConfigError as e:
-            raise ValueError(f"verify.config.{e.field}: {str(e).split(': ', 1)[-1]}") from e
 
 
 @dataclass(frozen=True)
-class EvalSection:
+class EvalConfig:
     """Held-out evaluation (`veripo.eval`) on the test split: greedy answers, accuracy per problem type,
     MRA, format rate and the verifier's inconsistency rate (when `judge` is true and verify has a judge)."""
 
@@ -439,14 +310,6 @@ class LoggingConfig:
     sample_every: int = 1  # print one sample rollout every N GRPO steps (0 = never)
 
 
-def _section_classes() -> dict[str, type]:
-    from veripo.rollout.types import RolloutConfig
-    from veripo.stages.preference import PreferenceConfig
-    from veripo.train.config import TrainConfig
-
-    return {"train": TrainConfig, "rollout": RolloutConfig, "preference": PreferenceConfig}
-
-
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
@@ -459,11 +322,11 @@ class RunConfig:
     data: DataConfig = DataConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
-    preference: Any = None  # veripo.stages.preference.PreferenceConfig
-    train: Any = None  # veripo.train.TrainConfig
-    rollout: Any = None  # veripo.rollout.RolloutConfig
-    verify: VerifySection = VerifySection()
-    eval: EvalSection = EvalSection()
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # its checks read the loss registry
+    train: TrainConfig = TrainConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    verify: VerifyConfig = VerifyConfig()
+    eval: EvalConfig = EvalConfig()
     prune: PruneConfig = PruneConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     ray: RayConfig = RayConfig()
@@ -478,9 +341,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        data = dict(data)
-        sections = {}
-        for key, section_cls in _section_classes().items():
-            sections[key] = from_dict(section_cls, data.pop(key, None) or {}, key)
-        cfg = from_dict(cls, data)
-        return dataclasses.replace(cfg, **sections)
+        """Validate a composed recipe (plain data); a `ConfigError` names the key and the fix. A section
+        given as null takes its defaults."""
+        return from_dict(cls, {k: ({} if v is None and k in _SECTIONS else v) for k, v in data.items()})
+
+
+_SECTIONS = ("model", "data", "sft", "grpo", "preference", "train", "rollout", "verify", "eval", "prune",
+             "checkpoint", "ray", "logging")

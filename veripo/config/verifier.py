@@ -1,7 +1,9 @@
-"""`VerifierConfig`: every threshold of the rollout-aware verifier (ALGORITHMS.md section 3).
+"""Section ``verify.config``: `VerifierConfig`, every threshold of the rollout-aware verifier
+(docs/algorithms.md section 3).
 
 Frozen; `__post_init__` rejects a bad value naming the field. `config_hash()` identifies a config in
-the pairs it made; `with_overrides(["key=value", ...])` applies command-line overrides.
+the pairs it made; `with_overrides(["key=value", ...])` applies command-line overrides (the verifier's
+CLI); `from_dict` is the one converter of `veripo.config`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Iterable
 
-PAIR_TYPES = ("consistency", "reflection", "penalty")
+from veripo.config.convert import ConfigError, from_dict
+
+# the pair types the consistency verifier builds, in its default priority order (a pair record may also
+# be "caption": `veripo.data.rollouts.PAIR_TYPES`)
+VERIFIER_PAIR_TYPES = ("consistency", "reflection", "penalty")
 JUDGE_SCOPES = ("all", "accurate")
 
 DEFAULT_REFLECTION_MARKERS = (
@@ -38,12 +44,8 @@ DEFAULT_REFLECTION_MARKERS = (
 )
 
 
-class ConfigError(ValueError):
-    """A bad verifier config value; the message names the field and what is allowed."""
-
-    def __init__(self, field_name: str, problem: str):
-        self.field = field_name
-        super().__init__(f"verifier config field {field_name!r}: {problem}")
+def _error(name: str, problem: str) -> ConfigError:
+    return ConfigError(f"verifier config field {name!r}: {problem}", name)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class VerifierConfig:
     accuracy_threshold: float = 0.5
     chosen_requires_format: bool = True
     reflection_markers: tuple[str, ...] = DEFAULT_REFLECTION_MARKERS
-    pair_types: tuple[str, ...] = PAIR_TYPES
+    pair_types: tuple[str, ...] = VERIFIER_PAIR_TYPES
     max_pairs_per_prompt: int = 2
     judge_scope: str = "all"
     caption_margin: float = 2.0
@@ -84,7 +86,7 @@ class VerifierConfig:
     def __post_init__(self) -> None:
         def need(cond: bool, name: str, problem: str) -> None:
             if not cond:
-                raise ConfigError(name, f"{problem}, got {getattr(self, name)!r}")
+                raise _error(name, f"{problem}, got {getattr(self, name)!r}")
 
         for name in ("min_reasoning_tokens", "max_reasoning_tokens", "ngram_min", "ngram_max",
                      "max_line_repeats", "min_repeat_words", "max_pairs_per_prompt"):
@@ -117,8 +119,8 @@ class VerifierConfig:
             types = tuple(t.strip() for t in types.split(",") if t.strip())
         need(isinstance(types, (tuple, list)) and len(types) > 0, "pair_types", "must be a non-empty list")
         for t in types:
-            if t not in PAIR_TYPES:
-                raise ConfigError("pair_types", f"unknown pair type {t!r}; known: {', '.join(PAIR_TYPES)}")
+            if t not in VERIFIER_PAIR_TYPES:
+                raise _error("pair_types", f"unknown pair type {t!r}; known: {', '.join(VERIFIER_PAIR_TYPES)}")
         need(len(set(types)) == len(types), "pair_types", "must not repeat a type")
         object.__setattr__(self, "pair_types", tuple(types))
 
@@ -134,16 +136,9 @@ class VerifierConfig:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> "VerifierConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(obj) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown field; known fields: {', '.join(sorted(known))}")
-        obj = dict(obj)
-        for name in ("reflection_markers", "pair_types"):
-            if isinstance(obj.get(name), list):
-                obj[name] = tuple(obj[name])
-        return cls(**obj)
+    def from_dict(cls, obj: dict[str, Any], prefix: str = "") -> "VerifierConfig":
+        """`veripo.config.from_dict` for this section (errors name ``prefix.KEY``)."""
+        return from_dict(cls, obj, prefix)
 
     def with_overrides(self, overrides: Iterable[str]) -> "VerifierConfig":
         """Apply ``key=value`` strings; the value is parsed by the field's type (JSON for lists,
@@ -152,10 +147,10 @@ class VerifierConfig:
         types = {f.name: f.type for f in fields(self)}
         for item in overrides:
             if "=" not in item:
-                raise ConfigError(item, "an override must look like key=value")
+                raise _error(item, "an override must look like key=value")
             key, raw = (s.strip() for s in item.split("=", 1))
             if key not in types:
-                raise ConfigError(key, f"unknown field; known fields: {', '.join(sorted(types))}")
+                raise _error(key, f"unknown field; known fields: {', '.join(sorted(types))}")
             d[key] = _parse_value(key, str(types[key]), raw)
         return VerifierConfig.from_dict(d)
 
@@ -166,7 +161,7 @@ def _parse_value(key: str, type_name: str, raw: str) -> Any:
             try:
                 val = json.loads(raw)
             except json.JSONDecodeError as e:
-                raise ConfigError(key, f"invalid JSON list {raw!r} ({e.msg})") from e
+                raise _error(key, f"invalid JSON list {raw!r} ({e.msg})") from e
             return tuple(val)
         return tuple(s.strip() for s in raw.split(",") if s.strip())
     if type_name == "bool":
@@ -175,15 +170,15 @@ def _parse_value(key: str, type_name: str, raw: str) -> Any:
             return True
         if low in ("false", "0", "no"):
             return False
-        raise ConfigError(key, f"expected true or false, got {raw!r}")
+        raise _error(key, f"expected true or false, got {raw!r}")
     if type_name == "int":
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+            raise _error(key, f"expected an integer, got {raw!r}") from None
     if type_name == "float":
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(key, f"expected a number, got {raw!r}") from None
+            raise _error(key, f"expected a number, got {raw!r}") from None
     return raw

@@ -1,10 +1,13 @@
-"""Typed, frozen configuration of the policy engine; a bad value fails at construction, naming the field."""
+"""Section ``train``: the policy engine (`veripo.train.PolicyEngine`); a bad value fails at construction,
+naming the field."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
+
+from veripo.config.convert import from_dict
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("float32", "bfloat16")
@@ -113,10 +116,6 @@ class TrainConfig:
             _fail(cls, "logprob_chunk_size", "must be >= 1 or None", self.logprob_chunk_size)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a plain mapping (e.g. a recipe section); an unknown key is an error listing the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(values))
+    def from_dict(cls, values: Mapping[str, Any], prefix: str = "train") -> "TrainConfig":
+        """`veripo.config.from_dict` for this section (an unknown key names the closest known ones)."""
+        return from_dict(cls, dict(values), prefix)
