@@ -305,16 +305,17 @@ def test_ask_with_retry_without_retry_text_parses_once():
     assert answers[0].value is None and answers[0].attempts == 1 and len(backend.calls) == 1
 
 
-def test_make_backend_registry():
-    from verifier.judge import make_backend
+def test_judges_registry():
+    from verifier.judge import JUDGES
 
-    assert make_backend("none") is None
-    b = make_backend("openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="K", max_tokens=4)
+    assert JUDGES.ordered_names() == ["vllm", "openai", "none"]
+    assert JUDGES.get("none")() is None
+    b = JUDGES.get("openai")(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="K", max_tokens=4)
     assert isinstance(b, OpenAIJudge) and b.max_tokens == 4 and b.api_key_env == "K"
     with pytest.raises(ValueError, match="needs --base-url and --judge-model"):
-        make_backend("openai", model="m")
-    with pytest.raises(ValueError, match="unknown judge backend 'gpt'; known: vllm, openai, none"):
-        make_backend("gpt")
+        JUDGES.get("openai")(model="m")
+    with pytest.raises(ValueError, match="unknown judge backend 'gpt'; known: none, openai, vllm"):
+        JUDGES.get("gpt")
 
 
 def test_scripted_fake_consumes_a_list_then_replies_empty():
