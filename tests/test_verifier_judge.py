@@ -318,6 +318,17 @@ def test_judges_registry():
         JUDGES.get("gpt")
 
 
+def test_vllm_factory_passes_engine_kwargs_and_ignores_openai_options(monkeypatch):
+    from verifier.judge import JUDGES, VLLMJudge
+
+    built = []
+    monkeypatch.setattr(VLLMJudge, "_build", staticmethod(lambda *a: built.append(a) or object()))
+    j = JUDGES.get("vllm")(model="m", max_tokens=8, base_url=None, api_key_env="K", continue_final_message=False,
+                           max_model_len=4096, gpu_memory_utilization=0.5)
+    assert isinstance(j, VLLMJudge) and j.max_tokens == 8
+    assert built == [("m", 4096, {"gpu_memory_utilization": 0.5})]
+
+
 def test_scripted_fake_consumes_a_list_then_replies_empty():
     backend = ScriptedJudge(["Verdict: consistent", "nonsense"], supports_prefill=False)
     out = ConsistencyJudge(backend).judge(items(2))

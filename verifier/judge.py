@@ -492,9 +492,14 @@ JUDGES: Registry[JudgeFactory] = Registry("judge backend")
 
 @JUDGES.register("vllm")
 def _make_vllm(*, model: str | None = None, max_tokens: int = 32, show_progress: bool = False,
-               **_: Any) -> JudgeBackend:
-    """`VLLMJudge` in process on `model` (default smollm2-135m-instruct); other options are ignored."""
-    return VLLMJudge(model or DEFAULT_JUDGE_MODEL, max_tokens=max_tokens, show_progress=show_progress)
+               base_url: str | None = None, api_key_env: str | None = None, continue_final_message: bool = False,
+               **engine_kwargs: Any) -> JudgeBackend:
+    """`VLLMJudge` in process on `model` (default smollm2-135m-instruct). `engine_kwargs` (a recipe's
+    ``verify.judge_kwargs``: gpu_memory_utilization, max_model_len, dtype, ...) go to the engine; the
+    openai-only options are accepted and ignored (the verifier CLI passes them to every backend)."""
+    del base_url, api_key_env, continue_final_message
+    return VLLMJudge(model or DEFAULT_JUDGE_MODEL, max_tokens=max_tokens, show_progress=show_progress,
+                     **engine_kwargs)
 
 
 @JUDGES.register("openai")
