@@ -293,13 +293,13 @@ def test_get_reward_unknown_lists_names():
         get_reward("acuracy")
     assert isinstance(err.value, ValueError)
     assert "'acuracy'" in str(err.value) and "accuracy" in str(err.value) and "format" in str(err.value)
-    with pytest.raises(KeyError, match="registered rewards: .*accuracy"):
+    with pytest.raises(KeyError, match="unknown reward 'fromat'; known: accuracy, format"):
         RewardFunction({"accuracy": 1.0, "fromat": 0.5})  # a typo fails at construction
 
 
 @pytest.fixture
 def scratch_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REWARDS", dict(registry._REWARDS))
+    monkeypatch.setattr(registry.REWARDS, "_items", dict(registry.REWARDS.items()))
 
 
 def test_register_reward(scratch_registry):

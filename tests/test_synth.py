@@ -470,7 +470,7 @@ def test_api_rejects_bad_values(tmp_path):
         synth.generate(tmp_path, 4, size=64)
     with pytest.raises(ValueError, match="even"):
         synth.generate(tmp_path, 4, width=63)
-    with pytest.raises(ValueError, match="unknown question family .colour.; known: direction, distance, order, count"):
+    with pytest.raises(ValueError, match="unknown question family .colour.; known: count, direction, distance, order"):
         synth.make_clip(0, family="colour")
     assert not (tmp_path / "train.jsonl").exists()
 

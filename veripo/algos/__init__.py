@@ -6,8 +6,8 @@
   `kl_penalty` (k1, abs, k2, k3), `aggregate` / `agg_denominator` (token-mean, seq-mean-token-mean,
   seq-mean-token-sum, seq-mean-token-sum-norm), each family in its own registry;
 - logprobs: `token_logprobs`, `entropy_from_logits` (chunked over T, float32 per chunk);
-- registry: the generic `Registry` every family uses; unknown names raise `UnknownNameError`
-  (a ValueError and a KeyError) listing the known ones.
+- every family is a `veripo.registry.Registry` (re-exported here with `UnknownNameError`, a
+  ValueError and a KeyError that lists the known names).
 
 Shapes: B sequences, T tokens, V vocabulary; tensor names carry them as suffixes (``logp_BT``).
 """
@@ -41,7 +41,6 @@ from veripo.algos.losses import (
     register_kl,
     register_policy_loss,
 )
-from veripo.algos.registry import Registry, UnknownNameError
 from veripo.algos.preference import (
     DPO_KINDS,
     PREFERENCE_LOSSES,
@@ -58,6 +57,7 @@ from veripo.algos.preference import (
     simpo_loss,
     token_kl,
 )
+from veripo.registry import Registry, UnknownNameError
 
 __all__ = [
     "ADV_ESTIMATORS", "AGG_MODES", "KL_ESTIMATORS", "POLICY_LOSSES",

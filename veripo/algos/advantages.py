@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from veripo.algos.registry import Registry
+from veripo.registry import Registry
 
 GroupIds = Tensor | Sequence[Hashable]
 

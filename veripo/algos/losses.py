@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from veripo.algos.registry import Registry
+from veripo.registry import Registry
 
 # ----------------------------------------------------------------------------------------------------
 # Aggregation

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from veripo.algos.logprobs import _check, _Slab, _grad_like, _spans, compute_dtype
-from veripo.algos.registry import Registry
+from veripo.registry import Registry
 
 Span = tuple[int, int]
 SpanPair = tuple[Span, Span]

@@ -161,7 +161,7 @@ class VerifyConfig:
     """
 
     mode: str = choice("consistency", ("consistency", "caption"))
-    judge: str = choice("vllm", ("vllm", "openai", "none"))
+    judge: str = choice("vllm", registry_choices("verifier.judge", "JUDGES"))
     judge_model: str = "smollm2-135m-instruct"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from veripo.data.records import Record, write_records
+from veripo.registry import Registry
 
 GENERATOR_VERSION = "2"
 DATA_SOURCE = "veripo-synth"
@@ -318,14 +319,12 @@ def _format_number(x: float) -> str:
 # --------------------------------------------------------------------------- question families
 
 QuestionFamily = Callable[[np.random.Generator, _Knobs], tuple[list[SceneObject], Question]]
-FAMILIES: dict[str, QuestionFamily] = {}
+# Registration order matters: clips draw a family by index into FAMILIES.ordered_names().
+FAMILIES: Registry[QuestionFamily] = Registry("question family")
 
 
 def register_family(name: str) -> Callable[[QuestionFamily], QuestionFamily]:
-    def deco(fn: QuestionFamily) -> QuestionFamily:
-        FAMILIES[name] = fn
-        return fn
-    return deco
+    return FAMILIES.register(name)
 
 
 def _moving_target(rng: np.random.Generator, k: _Knobs, n: int, velocity_for: Callable[[int], tuple[int, int]]):
@@ -450,14 +449,11 @@ def _count(rng: np.random.Generator, k: _Knobs) -> tuple[list[SceneObject], Ques
 # answer: "option X" for multiple choice, the number last for numerical and regression questions.
 
 ProcessWriter = Callable[[Scene, Question], str]
-PROCESSES: dict[str, ProcessWriter] = {}
+PROCESSES: Registry[ProcessWriter] = Registry("chain-of-thought writer")
 
 
 def register_process(name: str) -> Callable[[ProcessWriter], ProcessWriter]:
-    def deco(fn: ProcessWriter) -> ProcessWriter:
-        PROCESSES[name] = fn
-        return fn
-    return deco
+    return PROCESSES.register(name)
 
 
 def _first_frame(obj: SceneObject, frames: int) -> int:
@@ -529,8 +525,9 @@ def _distance_process(scene: Scene, q: Question) -> str:
 
 def make_process(scene: Scene, question: Question) -> str | None:
     """The record's chain of thought, derived from the caption; None for a family without a writer."""
-    writer = PROCESSES.get(question.family)
-    return writer(scene, question) if writer else None
+    if question.family not in PROCESSES:
+        return None
+    return PROCESSES.get(question.family)(scene, question)
 
 
 # --------------------------------------------------------------------------- rendering and encoding
@@ -607,7 +604,7 @@ def clip_rng(seed: int, index: int) -> np.random.Generator:
 def family_of(seed: int, index: int) -> str:
     """Clip `index`'s family: each block of four clips holds every family once, in a seeded order."""
     block_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, index // 4)))
-    names = list(FAMILIES)
+    names = FAMILIES.ordered_names()
     return names[int(block_rng.permutation(len(names))[index % len(names)])]
 
 
@@ -618,16 +615,14 @@ def make_clip(rng_or_seed: np.random.Generator | np.random.SeedSequence | int, f
 
     Returns `Clip(frames, scene, question)`: frames are uint8 RGB [T, H, W, 3]; `scene` lists every
     object's shape, colour, appearance frame and motion, so the answer can be checked against pixels.
-    `family` is one of `FAMILIES` (default: drawn from the generator).
+    `family` is one of `FAMILIES` (default: drawn from the generator, by index in registration order).
     """
     rng = _as_rng(rng_or_seed)
     video = VideoParams(width=width, height=height, frames=frames)
     k = _Knobs(video.width, video.height, video.frames, _check_difficulty(difficulty))
     if family is None:
-        family = list(FAMILIES)[int(rng.integers(len(FAMILIES)))]
-    if family not in FAMILIES:
-        raise ValueError(f"unknown question family {family!r}; known: {', '.join(FAMILIES)}")
-    objects, question = FAMILIES[family](rng, k)
+        family = FAMILIES.ordered_names()[int(rng.integers(len(FAMILIES)))]
+    objects, question = FAMILIES.get(family)(rng, k)  # an unknown family: UnknownNameError, a ValueError
     scene = Scene(k.width, k.height, k.frames, tuple(objects))
     return Clip(render(scene), scene, question)
 

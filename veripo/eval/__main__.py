@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from verifier.judge import JUDGES
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # recipes/smollm2_cpu.yaml's data.system_prompt
 
 
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="HF model folder, embedded name (smollm2-135m-instruct) or hub id")
     p.add_argument("--data", required=True, help="Video-R1 records JSONL")
     p.add_argument("--out", help="output folder (default: eval_results/<model name>)")
-    p.add_argument("--judge", choices=("vllm", "openai", "none"), default="vllm",
+    p.add_argument("--judge", choices=JUDGES.ordered_names(), default="vllm",
                    help="consistency judge backend (default vllm)")
     p.add_argument("--judge-model", help="vllm: a model folder or name (default smollm2-135m-instruct); "
                                          "openai: the served model name")
@@ -193,15 +195,15 @@ def run(args: argparse.Namespace) -> int:
 
     judge = None
     if args.judge != "none":
-        from verifier.judge import ConsistencyJudge, make_backend
+        from verifier.judge import ConsistencyJudge
 
         options: dict[str, Any] = {}
         if args.judge == "openai":
             options = {"base_url": args.base_url, "api_key_env": args.api_key_env}
 
         def factory():
-            return make_backend(args.judge, model=args.judge_model, max_tokens=args.judge_max_tokens,
-                                show_progress=progress, **options)
+            return JUDGES.get(args.judge)(model=args.judge_model, max_tokens=args.judge_max_tokens,
+                                          show_progress=progress, **options)
 
         judge = ConsistencyJudge(LazyBackend(factory, before=close_engine if args.judge == "vllm" else None))
     try:

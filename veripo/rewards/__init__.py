@@ -2,8 +2,8 @@
 
 - parsing: `extract_answer`, `extract_choice`, `parse_number` (text -> answer);
 - rules: `format_reward`, `accuracy_reward`, `mean_relative_accuracy`, `length_bonus` (unweighted);
-- registry: rewards by name (`register_reward`, `get_reward`) and their weighted sum
-  (`RewardFunction`, `compute_rewards` -> `RewardOutput`);
+- registry: rewards by name (`REWARDS`, a `veripo.registry.Registry`; `register_reward`, `get_reward`)
+  and their weighted sum (`RewardFunction`, `compute_rewards` -> `RewardOutput`);
 - verl: `compute_score`, the verl-style hook.
 
 `jiwer` and `rouge_score` are imported only when an OCR / free-form answer is first scored.
@@ -21,6 +21,7 @@ from veripo.rewards.parsing import (
 )
 from veripo.rewards.registry import (
     DEFAULT_WEIGHTS,
+    REWARDS,
     RewardFunction,
     RewardOutput,
     UnknownRewardError,
@@ -43,6 +44,7 @@ length_reward = length_bonus  # the name ALGORITHMS.md's wording suggests
 __all__ = [
     "ACCURACY_BY_TYPE",
     "DEFAULT_WEIGHTS",
+    "REWARDS",
     "RewardFunction",
     "RewardOutput",
     "UnknownRewardError",

@@ -1,4 +1,4 @@
-"""Rewards by name: a registry of per-sample reward functions and the weighted sum over them.
+"""Rewards by name: `REWARDS`, the registry of per-sample reward functions, and the weighted sum over them.
 
 A reward function maps ``(response, record) -> float`` (unweighted); `record` is anything with
 ``.solution`` and ``.problem_type`` (e.g. `veripo.data.records.Record`). `RewardFunction` sums the
@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from veripo.registry import Registry, UnknownNameError
 from veripo.rewards.rules import accuracy_reward, format_reward
 
 
@@ -22,40 +23,24 @@ class RecordLike(Protocol):
 RewardFn = Callable[[str, RecordLike], float]
 DEFAULT_WEIGHTS: Mapping[str, float] = {"accuracy": 1.0, "format": 0.5}
 
-_REWARDS: dict[str, RewardFn] = {}
+REWARDS: Registry[RewardFn] = Registry("reward")
 
-
-class UnknownRewardError(KeyError, ValueError):
-    """An unregistered reward name; the message lists the registered ones."""
-
-    def __str__(self) -> str:  # KeyError would otherwise print the message quoted
-        return str(self.args[0])
+UnknownRewardError = UnknownNameError  # the old name: an unknown reward is a KeyError and a ValueError
 
 
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator: register ``fn(response, record) -> float`` under `name` (names are unique)."""
-
-    def decorate(fn: RewardFn) -> RewardFn:
-        if name in _REWARDS and _REWARDS[name] is not fn:
-            raise ValueError(f"reward {name!r} is already registered ({_REWARDS[name].__qualname__})")
-        _REWARDS[name] = fn
-        return fn
-
-    return decorate
+    return REWARDS.register(name)
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward registered under `name`; UnknownRewardError (a KeyError and a ValueError) otherwise."""
-    try:
-        return _REWARDS[name]
-    except KeyError:
-        raise UnknownRewardError(
-            f"unknown reward {name!r}; registered rewards: {', '.join(sorted(_REWARDS))}"
-        ) from None
+    """The reward registered under `name`; `UnknownNameError` (a KeyError and a ValueError listing the
+    registered rewards) otherwise."""
+    return REWARDS.get(name)
 
 
 def registered_rewards() -> list[str]:
-    return sorted(_REWARDS)
+    return REWARDS.names()
 
 
 @register_reward("accuracy")

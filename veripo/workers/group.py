@@ -301,6 +301,9 @@ class RemoteJudge:
                  gpus: float = 0.0, threads: int | None = None):
         import ray
 
+        from verifier.judge import JUDGES
+
+        JUDGES.get(backend)  # an unknown name fails here, listing the known ones, before an actor starts
         cls = ray.remote(JudgeWorker).options(num_cpus=0, num_gpus=gpus)
         self.actor = cls.remote(backend, model, max_tokens, options, threads)
         info = ray.get(self.actor.info.remote())

@@ -207,9 +207,9 @@ class JudgeWorker:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         compat.setup_vllm_cpu()
         _set_threads(threads)
-        from verifier.judge import make_backend
+        from verifier.judge import JUDGES
 
-        self.backend = make_backend(backend, model=model, max_tokens=max_tokens, **(options or {}))
+        self.backend = JUDGES.get(backend)(model=model, max_tokens=max_tokens, **(options or {}))
 
     def node(self) -> dict:
         return node_info()

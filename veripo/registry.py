@@ -1,5 +1,6 @@
-"""A tiny name -> object registry, shared by every family of algorithms in `veripo.algos`
-(advantage estimators, policy losses, KL estimators, aggregation modes, and later preference losses).
+"""The one name -> object registry of veripo: every family of things chosen by a name in a config or
+on a command line is a `Registry` (advantage estimators, policy losses, KL estimators, aggregation
+modes, preference losses, rewards, judge backends, synthetic question families).
 
     ADV = Registry("advantage estimator")
 
@@ -8,8 +9,10 @@
 
     ADV.get("grpo")      # the function
     ADV.get("gpro")      # UnknownNameError: unknown advantage estimator 'gpro'; known: drgrpo, grpo
+    ADV.names()          # ['drgrpo', 'grpo']  (sorted: for messages and config choices)
+    ADV.ordered_names()  # in registration order (what code that draws by index must use)
 
-STYLE.md pattern 5: registries, not if/elif chains; an unknown name lists the known ones.
+Registries, not if/elif chains; an unknown name lists the known ones.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+__all__ = ["Registry", "UnknownNameError"]
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -29,7 +34,10 @@ class UnknownNameError(KeyError, ValueError):
 
 
 class Registry(Generic[T]):
-    """Names (strings) to objects of one kind; `kind` is used in error messages only."""
+    """Names (strings) to objects of one kind; `kind` is used in error messages only.
+
+    Registration order is kept: `ordered_names()` and `items()` follow it (code that draws an entry
+    by index, e.g. the synthetic data generator, depends on it). `names()` and iteration are sorted."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -60,7 +68,16 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        """The registered names, sorted (error messages, config choices)."""
         return sorted(self._items)
+
+    def ordered_names(self) -> list[str]:
+        """The registered names in registration order."""
+        return list(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, object)`` pairs in registration order."""
+        return list(self._items.items())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._items
