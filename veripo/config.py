@@ -1,6 +1,6 @@
 """Typed, frozen run configuration behind the Hydra recipes.
 
-A recipe (``recipes/*.yaml``) is composed by Hydra, turned into a plain dict and validated here into
+A recipe (``veripo/recipes/*.yaml``) is composed by Hydra, turned into a plain dict and validated here into
 `RunConfig` before any model loads. Every error names the key (``grpo.group_size``), what is wrong
 and the allowed values; an unknown key gets the closest known names as suggestions.
 

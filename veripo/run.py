@@ -1,6 +1,6 @@
 """Entry point: ``python -m veripo.run [recipe=NAME] [key=value ...]`` (``-m`` for Hydra multirun).
 
-Composes ``recipes/NAME.yaml`` (default ``smollm2_cpu``) with the overrides, validates it into a
+Composes ``veripo/recipes/NAME.yaml`` (default ``smollm2_cpu``) with the overrides, validates it into a
 typed `RunConfig` before any model loads, and runs `Loop.fit()`. An unknown key fails at once with
 Hydra's message naming it; a bad value fails with the key and the allowed values.
 """
@@ -15,12 +15,12 @@ DEFAULT_RECIPE = "smollm2_cpu"
 
 
 def recipes_dir() -> Path:
-    """``$VERIPO_RECIPES``, else the repository's ``recipes/`` beside the package."""
+    """``$VERIPO_RECIPES``, else the recipes shipped inside the package (``veripo/recipes/``, package data)."""
     env = os.environ.get("VERIPO_RECIPES")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    path = Path(env) if env else Path(__file__).resolve().parent / "recipes"
     if not path.is_dir():
-        raise SystemExit(f"veripo: recipe folder {path} not found. Fix: install veripo from its repository "
-                         "(pip install -e .) or set VERIPO_RECIPES to a folder of recipes")
+        raise SystemExit(f"veripo: recipe folder {path} not found. Fix: reinstall veripo (its wheel ships "
+                         "veripo/recipes/) or set VERIPO_RECIPES to a folder of recipes")
     return path
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # recipes/smollm2_cpu.yaml's data.system_prompt
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # veripo/recipes/smollm2_cpu.yaml's data.system_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
