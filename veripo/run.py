@@ -49,7 +49,7 @@ def recipes_dir() -> Path:
 
 
 def _take_recipe_dir(argv: list[str]) -> tuple[list[str], str | None]:
-    """Remove ``--recipe-dir DIR`` / ``--recipe-dir=DIR`` from argv (Hydra does not know it); the last one wins."""
+    """Take ``--recipe-dir DIR`` / ``--recipe-dir=DIR`` out of argv (Hydra does not know it); the last wins."""
     out, folder, i = [], None, 0
     while i < len(argv):
         arg = argv[i]
