@@ -1,5 +1,5 @@
-"""Every recipe in recipes/ composes through Hydra exactly as ``python -m veripo.run`` does and validates
-into `RunConfig` (no model loads, no data file needs to exist); the Qwen2.5-VL recipes carry the
+"""Every recipe in veripo/recipes/ composes through Hydra exactly as ``python -m veripo.run`` does and
+validates into `RunConfig` (no model loads, no data file needs to exist); the Qwen2.5-VL recipes carry the
 papers' settings; a typo in an override fails naming the key."""
 
 import subprocess

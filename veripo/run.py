@@ -1,8 +1,13 @@
-"""Entry point: ``python -m veripo.run [recipe=NAME] [key=value ...]`` (``-m`` for Hydra multirun).
+"""Entry point: ``python -m veripo.run [--recipe-dir DIR] [recipe=NAME] [key=value ...]`` (``-m`` for
+Hydra multirun).
 
-Composes ``recipes/NAME.yaml`` (default ``smollm2_cpu``) with the overrides, validates it into a
-typed `RunConfig` before any model loads, and runs `Loop.fit()`. An unknown key fails at once with
+Composes ``NAME.yaml`` (default ``smollm2_cpu``) from the recipe folder with the overrides, validates it into
+a typed `RunConfig` before any model loads, and runs `Loop.fit()`. An unknown key fails at once with
 Hydra's message naming it; a bad value fails with the key and the allowed values.
+
+The recipe folder is ``--recipe-dir DIR`` if given, else ``$VERIPO_RECIPES``, else the recipes that ship
+inside the package (``veripo/recipes/``, package data of the wheel), so an installed veripo runs from any
+folder.
 """
 
 from __future__ import annotations
@@ -12,20 +17,62 @@ import sys
 from pathlib import Path
 
 DEFAULT_RECIPE = "smollm2_cpu"
+RECIPES_ENV = "VERIPO_RECIPES"
+RECIPE_DIR_OPTION = "--recipe-dir"
+PACKAGE_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+# The folder given by --recipe-dir on the command line _rewrite_argv last read (None: not given).
+_cli_recipe_dir: str | None = None
 
 
 def recipes_dir() -> Path:
-    """``$VERIPO_RECIPES``, else the repository's ``recipes/`` beside the package."""
-    env = os.environ.get("VERIPO_RECIPES")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    """The recipe folder, as an absolute path: ``--recipe-dir DIR``, else ``$VERIPO_RECIPES``, else the
+    package's own ``veripo/recipes/``. A missing folder exits with one line naming it and the fix."""
+    env = os.environ.get(RECIPES_ENV)
+    if _cli_recipe_dir is not None:
+        given, source = _cli_recipe_dir, f"{RECIPE_DIR_OPTION} {_cli_recipe_dir}"
+    elif env:
+        given, source = env, f"{RECIPES_ENV}={env}"
+    else:
+        given, source = str(PACKAGE_RECIPES), None
+    # absolute: Hydra resolves a relative config_path against veripo/run.py, not the working folder
+    path = Path(given).expanduser().resolve()
     if not path.is_dir():
-        raise SystemExit(f"veripo: recipe folder {path} not found. Fix: install veripo from its repository "
-                         "(pip install -e .) or set VERIPO_RECIPES to a folder of recipes")
+        if source is None:
+            raise SystemExit(f"veripo: recipe folder {path} not found (the recipes shipped with the package). "
+                             f"Fix: reinstall veripo (its wheel ships veripo/recipes/), or pass "
+                             f"{RECIPE_DIR_OPTION} DIR or set {RECIPES_ENV}=DIR to a folder of recipes")
+        raise SystemExit(f"veripo: recipe folder {path} not found (from {source}). "
+                         f"Fix: point {RECIPE_DIR_OPTION} / {RECIPES_ENV} at a folder of recipe .yaml files, "
+                         f"or leave both unset for the recipes shipped with veripo")
     return path
 
 
+def _take_recipe_dir(argv: list[str]) -> tuple[list[str], str | None]:
+    """Take ``--recipe-dir DIR`` / ``--recipe-dir=DIR`` out of argv (Hydra does not know it); the last wins."""
+    out, folder, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == RECIPE_DIR_OPTION:
+            if i + 1 >= len(argv) or not argv[i + 1] or argv[i + 1].startswith("-"):
+                raise SystemExit(f"veripo: {RECIPE_DIR_OPTION} needs a folder. Fix: {RECIPE_DIR_OPTION} DIR")
+            folder, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith(RECIPE_DIR_OPTION + "="):
+            folder = arg.split("=", 1)[1]
+            if not folder:
+                raise SystemExit(f"veripo: {RECIPE_DIR_OPTION}= needs a folder. Fix: {RECIPE_DIR_OPTION}=DIR")
+        else:
+            out.append(arg)
+        i += 1
+    return out, folder
+
+
 def _rewrite_argv(argv: list[str]) -> list[str]:
-    """``recipe=NAME`` selects the recipe file (Hydra's --config-name); run folders are veripo's own."""
+    """``recipe=NAME`` selects the recipe file (Hydra's --config-name); ``--recipe-dir DIR`` the folder it is
+    read from (before ``$VERIPO_RECIPES``); run folders are veripo's own."""
+    global _cli_recipe_dir
+    argv, _cli_recipe_dir = _take_recipe_dir(argv)
     out, recipe = [], None
     for arg in argv:
         if arg.startswith("recipe="):
@@ -33,9 +80,11 @@ def _rewrite_argv(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     if recipe is not None:
-        known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+        folder = recipes_dir()
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
         if recipe not in known:
-            raise SystemExit(f"veripo: recipe={recipe}: no such recipe. Known recipes: {', '.join(known)}")
+            raise SystemExit(f"veripo: recipe={recipe}: no such recipe in {folder}. "
+                             f"Known recipes: {', '.join(known) or '(none)'}")
         out.insert(0, f"--config-name={recipe}")
     # Hydra's own output folder would duplicate veripo's run folder: keep Hydra quiet and in place.
     for default in ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none",
@@ -66,11 +115,17 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    raw = OmegaConf.load(recipes_dir() / f"{recipe}.yaml")
+    folder = recipes_dir()
+    path = folder / f"{recipe}.yaml"
+    if not path.is_file():  # e.g. the default recipe, with --recipe-dir / VERIPO_RECIPES naming another folder
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SystemExit(f"veripo: recipe {recipe}: no {recipe}.yaml in {folder}. "
+                         f"Fix: pick one with recipe=NAME (known: {', '.join(known) or 'none'})")
+    raw = OmegaConf.load(path)
     if "defaults" in raw:  # composed from other files: let Hydra compose it (still no torch import)
         from hydra import compose, initialize_config_dir
 
-        with initialize_config_dir(config_dir=str(recipes_dir()), version_base=None):
+        with initialize_config_dir(config_dir=str(folder), version_base=None):
             raw = compose(config_name=recipe)
     conf = OmegaConf.to_container(raw)
     for arg in overrides:

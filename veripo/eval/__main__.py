@@ -26,7 +26,7 @@ from typing import Any
 
 from verifier.judge import JUDGES
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # recipes/smollm2_cpu.yaml's data.system_prompt
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # veripo/recipes/smollm2_cpu.yaml's data.system_prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
