@@ -1,4 +1,4 @@
-"""veripo.algos (ALGORITHMS.md section 1 and the intro's chunked log-probs): hand-computed cases, loop
+"""veripo.algos (docs/algorithms.md section 1 and the intro's chunked log-probs): hand-computed cases, loop
 references in float64 on random inputs, micro-batch splitting, chunked log-prob memory and gradients."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Preference losses on hand-computed values (ALGORITHMS.md section 4), RRPO phrase alignment, the chunked
+"""Preference losses on hand-computed values (docs/algorithms.md section 4), RRPO phrase alignment, the chunked
 token-wise KL against the naive one, the registry and the stage config's validation."""
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Rule-based rewards (ALGORITHMS.md section 2): parsing, accuracy by type, format, length, registry."""
+"""Rule-based rewards (docs/algorithms.md section 2): parsing, accuracy by type, format, length, registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rollout-aware verifier (ALGORITHMS.md section 3): rule checks, a consistency judge LLM,
+"""The rollout-aware verifier (docs/algorithms.md section 3): rule checks, a consistency judge LLM,
 contrastive pairs and the caption-proxy judge, usable without veripo's trainer.
 
     from verifier import VerifierConfig, ConsistencyJudge, VLLMJudge, verify

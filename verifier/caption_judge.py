@@ -1,4 +1,4 @@
-"""Caption-proxy judge (LLaVA-Hound-DPO; ALGORITHMS.md section 3, last paragraph).
+"""Caption-proxy judge (LLaVA-Hound-DPO; docs/algorithms.md section 3, last paragraph).
 
 A text LLM scores each sampled answer 1..5 from the video's detailed caption, the question and the
 reference answer (relevance, accuracy, clarity, completeness); its reply ends with ``Score: N``.

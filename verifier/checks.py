@@ -1,4 +1,4 @@
-"""The rule-based checks of one rollout (ALGORITHMS.md section 3, checks 1-3): parse, accuracy,
+"""The rule-based checks of one rollout (docs/algorithms.md section 3, checks 1-3): parse, accuracy,
 length, repetition, truncation, and the reflection flag used by reflection pairs.
 
 The consistency check (4) needs a judge LLM and lives in `verifier.judge`.

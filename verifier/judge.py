@@ -1,4 +1,4 @@
-"""The consistency judge (ALGORITHMS.md section 3, check 4).
+"""The consistency judge (docs/algorithms.md section 3, check 4).
 
 A small LLM reads the question, the reasoning and the final answer of a rollout and says whether the
 reasoning supports the answer. The pieces:

@@ -1,4 +1,4 @@
-"""Contrastive pairs from one round of checked and judged rollouts (ALGORITHMS.md section 3).
+"""Contrastive pairs from one round of checked and judged rollouts (docs/algorithms.md section 3).
 
 Per prompt (rollouts grouped by ``problem_id``):
 

@@ -1,4 +1,4 @@
-"""Pure tensor math for veripo's RL stages (../shared/ALGORITHMS.md); nothing here calls a model.
+"""Pure tensor math for veripo's RL stages (docs/algorithms.md); nothing here calls a model.
 
 - advantages: `grpo_advantages` (GRPO / Dr. GRPO), `temporal_bonus` (T-GRPO), `prune_easy`,
   `group_all_correct`; registry `register_adv_estimator` / `get_adv_estimator` ("grpo", "drgrpo");

@@ -1,4 +1,4 @@
-"""Outcome advantages and reward shaping for GRPO (ALGORITHMS.md section 1).
+"""Outcome advantages and reward shaping for GRPO (docs/algorithms.md section 1).
 
 - `grpo_advantages`: group-relative advantages, std-normalised (GRPO) or not (Dr. GRPO), vectorised
   with ``index_add_`` over groups (no Python loop over groups);
@@ -74,7 +74,7 @@ def _as_float(x: Tensor | Sequence[float]) -> Tensor:
 def grpo_advantages(
     rewards: Tensor, group_ids: GroupIds, eps: float = 1e-6, norm_by_std: bool = True
 ) -> Tensor:
-    """Group-relative outcome advantages (ALGORITHMS.md section 1; reference: verl
+    """Group-relative outcome advantages (docs/algorithms.md section 1; reference: verl
     ``compute_grpo_outcome_advantage``).
 
     For the rollouts of one prompt (one group g):
@@ -132,7 +132,7 @@ def temporal_bonus(
     mu: float = 0.8,
     alpha: float = 0.3,
 ) -> Tensor:
-    """T-GRPO reward bonus for rollouts on frames in their true order (ALGORITHMS.md section 1,
+    """T-GRPO reward bonus for rollouts on frames in their true order (docs/algorithms.md section 1,
     "Temporal variant"; after Video-R1).
 
     For each prompt g that has shuffled-frame rollouts: if ``mean(acc_ordered[g]) >= mu *
@@ -168,7 +168,7 @@ def temporal_bonus(
 
 
 def group_all_correct(acc: Tensor, group_ids: GroupIds, threshold: float = 1.0) -> tuple[list, Tensor]:
-    """Which prompts had every rollout correct (ALGORITHMS.md section 1, easy-sample pruning).
+    """Which prompts had every rollout correct (docs/algorithms.md section 1, easy-sample pruning).
 
     Args:
         acc: Tensor[B], accuracy reward of each rollout.
@@ -190,7 +190,7 @@ def prune_easy(
     p: float = 0.8,
     generator: torch.Generator | None = None,
 ) -> list:
-    """VerIPO easy-sample pruning (ALGORITHMS.md section 1): each prompt whose rollouts were all
+    """VerIPO easy-sample pruning (docs/algorithms.md section 1): each prompt whose rollouts were all
     correct is dropped from the next GRPO round with probability `p`; others are always kept.
 
     Args:

@@ -1,4 +1,4 @@
-"""Per-token log-probs and entropies from logits, chunked over T (ALGORITHMS.md intro, "Per-token
+"""Per-token log-probs and entropies from logits, chunked over T (docs/algorithms.md intro, "Per-token
 log-probs").
 
 ``logp[b, t] = log_softmax(logits[b, t-1])[ids[b, t]]`` in float32 without ever building a float32
@@ -160,7 +160,7 @@ class _ChunkedEntropy(torch.autograd.Function):
 
 
 def token_logprobs(logits: Tensor, ids: Tensor, chunk_size: int | None = None) -> Tensor:
-    """Log-probs of the taken tokens, chunked over T (ALGORITHMS.md intro, "Per-token log-probs").
+    """Log-probs of the taken tokens, chunked over T (docs/algorithms.md intro, "Per-token log-probs").
 
     ``logp[b, t] = log_softmax(logits[b, t-1].float())[ids[b, t]]`` for t >= 1 and ``logp[b, 0] = 0``
     (no predecessor; mask it out). Computed `chunk_size` positions at a time with float32 per chunk
@@ -181,7 +181,7 @@ def token_logprobs(logits: Tensor, ids: Tensor, chunk_size: int | None = None) -
 
 def entropy_from_logits(logits: Tensor, chunk_size: int | None = None) -> Tensor:
     """Entropy of the predictive distribution of each taken token, chunked over T, aligned with
-    `token_logprobs` (ALGORITHMS.md intro): ``H[b, t] = entropy(softmax(logits[b, t-1].float()))`` for
+    `token_logprobs` (docs/algorithms.md intro): ``H[b, t] = entropy(softmax(logits[b, t-1].float()))`` for
     t >= 1 and ``H[b, 0] = 0``. Differentiable (chunked backward, float32 per chunk).
 
     Args:

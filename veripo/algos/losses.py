@@ -1,4 +1,4 @@
-"""Per-token policy-gradient loss, KL estimators and loss aggregation (ALGORITHMS.md section 1).
+"""Per-token policy-gradient loss, KL estimators and loss aggregation (docs/algorithms.md section 1).
 
 Pure functions of precomputed tensors; nothing here calls a model. Shapes: B sequences, T tokens;
 ``mask_BT`` is 1 on response tokens and 0 on prompt and padding (bool or float; a float mask acts as
@@ -96,7 +96,7 @@ register_agg_mode("seq-mean-token-sum-norm")(AggMode(
 
 
 def agg_denominator(mask: Tensor, mode: str, max_len: int | None = None) -> Tensor:
-    """The default denominator of `aggregate` for `mask` (ALGORITHMS.md section 1, "Aggregation").
+    """The default denominator of `aggregate` for `mask` (docs/algorithms.md section 1, "Aggregation").
 
     - ``token-mean``: the number of masked-in tokens ``sum(mask)`` (float64, exact for counts);
     - ``seq-mean-token-mean`` / ``seq-mean-token-sum``: the number of sequences with at least one
@@ -123,7 +123,7 @@ def aggregate(
     denominator: Tensor | float | None = None,
     max_len: int | None = None,
 ) -> Tensor:
-    """Reduce a per-token loss matrix to a scalar (ALGORITHMS.md section 1, "Aggregation"; reference:
+    """Reduce a per-token loss matrix to a scalar (docs/algorithms.md section 1, "Aggregation"; reference:
     verl ``agg_loss``, TRL GRPOTrainer ``loss_type`` bnpo / grpo / dr_grpo).
 
     Modes (``loss_BT`` = L, ``mask_BT`` = m):
@@ -199,7 +199,7 @@ def _kl_k3(logp: Tensor, ref: Tensor) -> Tensor:
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
     """Per-token KL estimate between the policy and the reference policy on the sampled tokens
-    (ALGORITHMS.md section 1, "KL to the reference policy"; reference: verl ``kl_penalty``).
+    (docs/algorithms.md section 1, "KL to the reference policy"; reference: verl ``kl_penalty``).
 
     - ``k1``: ``logp - ref``;  ``abs``: ``|logp - ref|``;  ``k2``: ``0.5 (logp - ref)^2``;
     - ``k3`` (low variance): ``k = clamp(ref - logp, -20, 20)``; ``exp(k) - k - 1`` clamped to [-10, 10].
@@ -253,7 +253,7 @@ def clipped_token_loss(
     clip_high: float = 0.2,
     dual_clip: float | None = None,
 ) -> ClippedTokenLoss:
-    """The unaggregated clipped surrogate of `policy_loss` (ALGORITHMS.md section 1); `adv` is
+    """The unaggregated clipped surrogate of `policy_loss` (docs/algorithms.md section 1); `adv` is
     Tensor[B] (broadcast over tokens) or Tensor[B, T]."""
     if logp_BT.shape != old_logp_BT.shape or logp_BT.dim() != 2:
         raise ValueError(
@@ -305,7 +305,7 @@ def policy_loss(
     denominator: Tensor | float | None = None,
     max_len: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO/GRPO clipped policy-gradient loss with optional dual clip (ALGORITHMS.md section 1,
+    """PPO/GRPO clipped policy-gradient loss with optional dual clip (docs/algorithms.md section 1,
     "Policy loss"; reference: verl ``compute_policy_loss_vanilla``). Registered as "vanilla".
 
     Per token: ``rho = exp(clamp(logp - old_logp, -20, 20))``, ``L1 = -A rho``,

@@ -1,4 +1,4 @@
-"""Preference losses (ALGORITHMS.md section 4): the DPO family, RRPO, LeanPO and SimPO.
+"""Preference losses (docs/algorithms.md section 4): the DPO family, RRPO, LeanPO and SimPO.
 
 Pure functions of precomputed log-probs; nothing here calls a model. Shapes: B pairs, T tokens, V
 vocabulary. Every loss returns ``(losses_B, metrics)``: one loss per pair (reduce it yourself, e.g.
@@ -125,7 +125,7 @@ def _dpo_hinge(D: Tensor, beta: float, eps: float) -> Tensor:
 def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
              beta: float = 0.1, kind: str = "sigmoid", label_smoothing: float = 0.0, *,
              chosen_tokens: Tensor | None = None, rejected_tokens: Tensor | None = None) -> tuple[Tensor, dict]:
-    """The DPO family (ALGORITHMS.md section 4, "DPO family"; reference: TRL ``DPOTrainer`` loss_type).
+    """The DPO family (docs/algorithms.md section 4, "DPO family"; reference: TRL ``DPOTrainer`` loss_type).
 
     With log-ratios ``c = policy_chosen - ref_chosen`` and ``r = policy_rejected - ref_rejected`` and the
     margin ``D = c - r``:
@@ -178,7 +178,7 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
 
 
 def phrase_spans(chosen_ids: Sequence[int], rejected_ids: Sequence[int], min_match: int = 1) -> list[SpanPair]:
-    """The differing phrases of two responses (ALGORITHMS.md section 4, RRPO).
+    """The differing phrases of two responses (docs/algorithms.md section 4, RRPO).
 
     ``difflib.SequenceMatcher(None, chosen, rejected, autojunk=False)`` finds the matching blocks;
     blocks shorter than `min_match` are dropped (their tokens join the surrounding gaps); the gaps
@@ -186,7 +186,7 @@ def phrase_spans(chosen_ids: Sequence[int], rejected_ids: Sequence[int], min_mat
     Gaps empty on one side (a pure insertion or deletion) are not phrases.
 
     Spans are half-open token ranges into each response (Python slices): phrase k is
-    ``chosen_ids[s_c:e_c]`` and ``rejected_ids[s_r:e_r]`` (ALGORITHMS.md's ``[s_k, e_k]`` with e exclusive).
+    ``chosen_ids[s_c:e_c]`` and ``rejected_ids[s_r:e_r]`` (docs/algorithms.md's ``[s_k, e_k]`` with e exclusive).
 
     >>> phrase_spans([1, 2, 3, 4], [1, 9, 3, 4])
     [((1, 2), (1, 2))]
@@ -234,7 +234,7 @@ def phrase_masks(spans: Sequence[Sequence[SpanPair]], chosen_len: int, rejected_
 def rrpo_loss(policy_logp_chosen: Tensor, policy_logp_rejected: Tensor, ref_logp_chosen: Tensor,
               ref_logp_rejected: Tensor, spans: Sequence[Sequence[SpanPair]] | tuple[Tensor, Tensor],
               token_kl_chosen: Tensor, beta: float = 0.1, alpha: float = 0.01) -> tuple[Tensor, dict]:
-    """RRPO, refined regularized preference optimization (ALGORITHMS.md section 4, RRPO; reference:
+    """RRPO, refined regularized preference optimization (docs/algorithms.md section 4, RRPO; reference:
     pritamqu/RRPO ``losses.py``).
 
     Phrase reward ``r(y_k) = beta * sum_{t in phrase k} (logp[t] - ref[t])``, ``u = sum_k r(y+_k) - r(y-_k)``;
@@ -332,7 +332,7 @@ class _ChunkedTokenKL(torch.autograd.Function):
 
 
 def token_kl(policy_logits: Tensor, ref_logits: Tensor, chunk_size: int | None = None) -> Tensor:
-    """Token-wise KL of the reference from the policy at every position (ALGORITHMS.md section 4,
+    """Token-wise KL of the reference from the policy at every position (docs/algorithms.md section 4,
     RRPO ``D_TKL``), chunked over T, aligned with `veripo.algos.token_logprobs`:
 
     ``kl[b, t] = sum_v p_ref(v) (log p_ref(v) - log p_theta(v))`` with both distributions from the logits
@@ -360,7 +360,7 @@ def token_kl(policy_logits: Tensor, ref_logits: Tensor, chunk_size: int | None =
 
 def leanpo_loss(policy_avg_chosen: Tensor, policy_avg_rejected: Tensor, beta: float = 2.0, gamma: float = 0.5,
                 label_smoothing: float = 0.1) -> tuple[Tensor, dict]:
-    """LeanPO, lean preference optimization (ALGORITHMS.md section 4, LeanPO; a reconstruction after the
+    """LeanPO, lean preference optimization (docs/algorithms.md section 4, LeanPO; a reconstruction after the
     authors' code): reward ``r(y) = beta * mean_t logp[t]``, ``D = mean logp(y+) - mean logp(y-)``, dynamic
     smoothing ``eps_i = eps * 1[D_i < 0]`` (only mis-ranked pairs are smoothed; not differentiated), and
 
@@ -390,7 +390,7 @@ def leanpo_loss(policy_avg_chosen: Tensor, policy_avg_rejected: Tensor, beta: fl
 def simpo_loss(policy_avg_chosen: Tensor, policy_avg_rejected: Tensor, beta: float = 2.0,
                gamma: float = 0.5) -> tuple[Tensor, dict]:
     """SimPO: ``-log sigma(beta (mean logp(y+) - mean logp(y-)) - gamma)``, the eps = 0 case of `leanpo_loss`
-    (ALGORITHMS.md section 4). Tensor[B] averages in, (losses Tensor[B], metrics) out."""
+    (docs/algorithms.md section 4). Tensor[B] averages in, (losses Tensor[B], metrics) out."""
     losses, metrics = leanpo_loss(policy_avg_chosen, policy_avg_rejected, beta=beta, gamma=gamma, label_smoothing=0.0)
     del metrics["leanpo/smoothed"]
     return losses, metrics

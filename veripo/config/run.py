@@ -153,7 +153,7 @@ class VerifyConfig:
     """The verify stage: the iteration's GRPO rollouts -> rule checks + judge -> contrastive pairs.
 
     `mode` ``consistency`` is VerIPO's rollout-aware verifier (penalty / consistency / reflection pairs,
-    ALGORITHMS.md section 3); ``caption`` is the LLaVA-Hound caption-proxy judge (best vs worst).
+    docs/algorithms.md section 3); ``caption`` is the LLaVA-Hound caption-proxy judge (best vs worst).
     The judge runs on its own engine (a Ray actor holding `judge_model` on vLLM, `judge_gpus` GPUs)
     unless `judge` is ``openai`` (an endpoint at `base_url`) or ``none`` (rule checks only).
     `config` is the verifier's own section (`VerifierConfig`: thresholds and pair rules), e.g.
@@ -197,7 +197,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """VerIPO easy-sample pruning between iterations (ALGORITHMS.md section 1): a prompt whose G rollouts
+    """VerIPO easy-sample pruning between iterations (docs/algorithms.md section 1): a prompt whose G rollouts
     (its latest group in the iteration) were all accurate is dropped from the next GRPO round with
     probability `p`."""
 

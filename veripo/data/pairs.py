@@ -1,4 +1,4 @@
-"""Where preference pairs come from (ALGORITHMS.md sections 3 and 5). Every source yields `PreferencePair`.
+"""Where preference pairs come from (docs/algorithms.md sections 3 and 5). Every source yields `PreferencePair`.
 
 - the verifier's pair file: `read_pairs` (``pairs.jsonl``, `veripo.data.rollouts`);
 - external pair JSONL in the LLaVA-Hound-DPO 17k layout: `read_external_pairs`, one object per line::
@@ -10,7 +10,7 @@
   ``video`` is resolved against `video_root`, else the file's folder). A malformed line raises an
   error naming ``file:line:field`` and the fix (or is skipped and counted with ``skip_bad``);
 - `load_pair_file`: either layout, told apart by the first line (``pair_id`` means the verifier's);
-- self-generated pairs from a `veripo.rollout.RolloutEngine` (ALGORITHMS.md section 5):
+- self-generated pairs from a `veripo.rollout.RolloutEngine` (docs/algorithms.md section 5):
   `rrpo_perturbation_pairs` (answers on a perturbed video that are wrong become y-, the same response
   with the ground-truth answer y+) and `leanpo_pairs` (y+ answered with the reference answer as a
   hint and refined once by reflection; y- sampled at temperature 1.2 on an augmented video).
@@ -295,7 +295,7 @@ def rrpo_perturbation_pairs(engine, records: Sequence[Record], prompts, *, mode:
                             sampling=None, fraction: float | tuple[float, float] = (0.25, 0.5), seed: int = 0,
                             max_pairs_per_prompt: int = 1, video_loader=None,
                             stats: dict | None = None) -> list[PreferencePair]:
-    """RRPO self-alignment pairs (ALGORITHMS.md section 5).
+    """RRPO self-alignment pairs (docs/algorithms.md section 5).
 
     For each record the model answers `n` times about a perturbed video (``mask``: 25-50% of the frames
     hidden; ``shuffle``: frame order scrambled; the caption's frames for a text model, the frames
@@ -347,7 +347,7 @@ REFLECT = ("Reflect on your response above: check each step against the video an
 def leanpo_pairs(engine, records: Sequence[Record], prompts, *, max_tokens: int = 128, rejected_temperature: float = 1.2,
                  seed: int = 0, video_loader=None, hint: str = HINT, reflect: str = REFLECT,
                  stats: dict | None = None) -> list[PreferencePair]:
-    """LeanPO self-generated pairs (ALGORITHMS.md section 5).
+    """LeanPO self-generated pairs (docs/algorithms.md section 5).
 
     y+: the model's greedy answer with the reference answer as a hint (`hint` appended to the question),
     refined once by a reflection turn (`reflect`); the refined answer is kept when it is correct, else the

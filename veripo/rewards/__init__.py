@@ -1,4 +1,4 @@
-"""Rule-based rewards for video-LLM RL (ALGORITHMS.md section 2).
+"""Rule-based rewards for video-LLM RL (docs/algorithms.md section 2).
 
 - parsing: `extract_answer`, `extract_choice`, `parse_number` (text -> answer);
 - rules: `format_reward`, `accuracy_reward`, `mean_relative_accuracy`, `length_bonus` (unweighted);
@@ -39,7 +39,7 @@ from veripo.rewards.rules import (
     mean_relative_accuracy,
 )
 
-length_reward = length_bonus  # the name ALGORITHMS.md's wording suggests
+length_reward = length_bonus  # the name docs/algorithms.md's wording suggests
 
 __all__ = [
     "ACCURACY_BY_TYPE",

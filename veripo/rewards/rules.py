@@ -1,4 +1,4 @@
-"""Rule-based rewards (ALGORITHMS.md section 2): format, accuracy by problem type, length bonus.
+"""Rule-based rewards (docs/algorithms.md section 2): format, accuracy by problem type, length bonus.
 
 Every reward here is a pure function returning an UNWEIGHTED score in [0, 1]; weights live in the
 registry (`veripo.rewards.registry`) and in the recipe config.

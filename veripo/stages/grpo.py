@@ -1,4 +1,4 @@
-"""The GRPO stage (ALGORITHMS.md §1): prompts -> rollouts -> rewards -> advantages -> update -> sync.
+"""The GRPO stage (docs/algorithms.md §1): prompts -> rollouts -> rewards -> advantages -> update -> sync.
 
 `GRPOStage.run(ctx, out, start_step)` does the stage's steps over its prompt pool (`prompt_pool`: the
 train split less the prompts earlier iterations found easy); `GRPOStep.step()` is one step and reads as
@@ -39,7 +39,7 @@ from veripo.run_dir import ROLLOUTS, SHUFFLED_ROLLOUTS
 from veripo.stages.base import StageContext
 from veripo.stages.common import policy_batch
 
-# T-GRPO (ALGORITHMS.md section 1): alpha is added to ordered rollouts with accuracy > 0.1 when
+# T-GRPO (docs/algorithms.md section 1): alpha is added to ordered rollouts with accuracy > 0.1 when
 # mean_acc(ordered) >= mu * mean_acc(shuffled)
 TEMPORAL_MU = 0.8
 TEMPORAL_ALPHA = 0.3
@@ -93,7 +93,7 @@ def sample_prompts(pool: Sequence[Record], k: int, seed: int, step: int, iterati
 
 
 def prompt_pool(ctx: StageContext) -> list[Record]:
-    """The GRPO prompt pool of iteration ``ctx.iteration`` (VerIPO's easy-sample pruning, ALGORITHMS.md
+    """The GRPO prompt pool of iteration ``ctx.iteration`` (VerIPO's easy-sample pruning, docs/algorithms.md
     §1): the train split, minus the prompts each earlier iteration found easy (its latest group of G
     rollouts all accurate), each dropped with probability ``prune.p``; seeded per iteration, and recomputed
     from the rollout files, so a resumed run prunes the same prompts."""
@@ -266,7 +266,7 @@ class GRPOStep:
                 hit += 1
         return ids, adv, hit
 
-    # -- T-GRPO (ALGORITHMS.md section 1, temporal variant) ---------------------------------------------
+    # -- T-GRPO (docs/algorithms.md section 1, temporal variant) ---------------------------------------------
     def _shuffled_rollouts(self, step: int, prompts: list, sampling) -> list[tuple]:
         """G/2 rollouts of every video prompt on its frames in a shuffled order (deterministic in seed,
         iteration, step and record), as ``(group, record, prompt, sample)``; never trained on."""

@@ -1,4 +1,4 @@
-"""The preference stage (ALGORITHMS.md section 4): pairs -> reference log-probs -> preference steps.
+"""The preference stage (docs/algorithms.md section 4): pairs -> reference log-probs -> preference steps.
 
 `run_preference_stage` reads as the algorithm: encode the pairs (prompt rendered as in GRPO, video
 frames included for vision models), drop RRPO pairs with no differing phrase (counted), score the

@@ -1,4 +1,4 @@
-"""The verify stage (ALGORITHMS.md §3): the iteration's GRPO rollouts -> rule checks + judge -> pairs.
+"""The verify stage (docs/algorithms.md §3): the iteration's GRPO rollouts -> rule checks + judge -> pairs.
 
 ``verify.mode=consistency`` runs VerIPO's rollout-aware verifier (`verifier.verify`: penalty /
 consistency / reflection pairs); ``caption`` the LLaVA-Hound caption-proxy judge (best vs worst). The
