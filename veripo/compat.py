@@ -9,7 +9,13 @@
   reader; they must be uninstalled on CPU (README "Install"). `check_media_libs()` says so clearly.
 * `setup_vllm_cpu()` sets the environment vLLM's CPU backend needs before ``import vllm``.
 
-`veripo/__init__.py` calls `install()`, so importing anything from veripo is enough.
+Importing veripo changes nothing global. The entry points (``python -m veripo.run``, ``veripo.eval``,
+``verifier``, ``veripo-synth``, the benchmarks) call `install()` first thing in ``main()``; so do
+`setup_vllm_cpu()` and the tests' conftest. Ray workers get it through the runtime environment
+`veripo.workers.group.init_ray` passes (`child_env()` and a worker set-up hook). A program that uses
+veripo as a library on such a CPU machine calls ``veripo.compat.install()`` before it imports
+transformers (whose model code imports torchvision). `veripo.data.video.load_video` needs neither: it
+calls `make_torchvision_importable()` itself and picks qwen-vl-utils' decord reader directly.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Mapping
+
+# Nothing heavy at import: `sitecustomize` imports this module in every child process, and the entry
+# points before anything else. torch is imported inside the functions that need it.
 
 _SHIM_LIBS: list = []  # keep the torch.library.Library objects alive
 _BROKEN_HINT = ("pip uninstall -y torchaudio torchcodec  "
@@ -59,6 +69,13 @@ def define_missing_torchvision_ops() -> bool:
     lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
     _SHIM_LIBS.append(lib)
     return True
+
+
+def make_torchvision_importable() -> None:
+    """Before a lazy ``import torchvision`` (qwen-vl-utils imports it): on a CPU machine with a CUDA
+    torchvision, declare the op schemas its import needs. No environment variable, no import hook."""
+    if "torchvision" not in sys.modules:
+        define_missing_torchvision_ops()
 
 
 class _TorchvisionImportHook(importlib.abc.MetaPathFinder):
@@ -107,19 +124,30 @@ def is_cuda() -> bool:
 
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
+VIDEO_READER = "decord"  # torchcodec cannot load on CPU and qwen-vl-utils picks it first when present
+
+
+def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables `install()` sets for child processes: ``PYTHONPATH`` led by ``veripo/_boot`` (its
+    ``sitecustomize.py`` runs `install()` at start-up) and ``FORCE_QWENVL_VIDEO_READER`` (a value
+    already in `environ`, default ``os.environ``, is kept). Ray workers get these via ``runtime_env``."""
+    env = os.environ if environ is None else environ
+    pythonpath = env.get("PYTHONPATH", "")
+    paths = [p for p in pythonpath.split(os.pathsep) if p]
+    if BOOT_DIR not in paths:
+        pythonpath = os.pathsep.join([BOOT_DIR, *paths])
+    return {"PYTHONPATH": pythonpath,
+            "FORCE_QWENVL_VIDEO_READER": env.get("FORCE_QWENVL_VIDEO_READER", VIDEO_READER)}
 
 
 def install() -> None:
     """Idempotent: the torchvision import hook, here and in every child process, and the video reader.
 
-    Child processes (vLLM inspects model classes in a subprocess, its workers, an API server, Ray
-    workers) get the hook through ``veripo/_boot/sitecustomize.py``, which this puts on ``PYTHONPATH``.
+    Changes this process: ``os.environ`` (`child_env()`) and ``sys.meta_path`` (the hook, until
+    torchvision is imported). Child processes (vLLM inspects model classes in a subprocess, its workers,
+    an API server) get the hook through ``veripo/_boot/sitecustomize.py`` on ``PYTHONPATH``.
     """
-    # torchcodec cannot load on CPU and qwen-vl-utils picks it first when present; decord always works.
-    os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if BOOT_DIR not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([BOOT_DIR, *paths])
+    os.environ.update(child_env())
     if "torchvision" in sys.modules or any(isinstance(f, _TorchvisionImportHook) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _TorchvisionImportHook())

@@ -19,7 +19,6 @@ import shutil
 from pathlib import Path
 
 import yaml
-from transformers import AutoTokenizer
 
 from veripo.config import RunConfig, stage_plan, to_dict
 from veripo.faults import PGID_ENV
@@ -89,6 +88,10 @@ class Loop:
         atomic_write_text(self.run.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.manifest = Manifest(self.run.manifest)
         model_path = resolve_model(cfg.model.path)
+        # Not at module level: importing transformers imports torch._dynamo, which sets
+        # os.environ["TORCHINDUCTOR_CACHE_DIR"], and importing veripo.loop must change nothing global.
+        from transformers import AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         data = load_run_records(cfg, self.run)
         if any(s.startswith("eval") for s in cfg.stages) and not data.test:

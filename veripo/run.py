@@ -12,9 +12,13 @@ folder.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
+
+from veripo import compat
+from veripo.config import ConfigError, RunConfig
 
 DEFAULT_RECIPE = "smollm2_cpu"
 RECIPES_ENV = "VERIPO_RECIPES"
@@ -111,8 +115,6 @@ _VALUE_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--c
 def check_override_keys(recipe: str, overrides: list[str]) -> None:
     """Fail fast, before Hydra and any import of torch, on an override key the recipe does not have,
     naming it, the closest known keys and the section's keys."""
-    import difflib
-
     from omegaconf import OmegaConf
 
     folder = recipes_dir()
@@ -146,9 +148,6 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
 
 def task(cfg) -> None:
     from omegaconf import OmegaConf
-
-    from veripo.config import ConfigError, RunConfig
-
     from omegaconf.errors import MissingMandatoryValue
 
     try:
@@ -163,12 +162,15 @@ def task(cfg) -> None:
     except ConfigError as e:
         print(f"veripo: bad recipe value: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    # veripo.loop imports torch and transformers (about 5 s): only once the recipe is valid, and only
+    # after main() installed the torchvision shim transformers needs on a CPU machine.
     from veripo.loop import Loop
 
     Loop(run_cfg).fit()
 
 
 def main() -> None:
+    compat.install()  # first: the torchvision shim here, in vLLM's child processes and (runtime env) Ray workers
     import hydra
 
     argv = _rewrite_argv(sys.argv[1:])

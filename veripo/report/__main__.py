@@ -1,9 +1,15 @@
-"""``python -m veripo.report RUN_DIR [--out PATH]``: (re)write the run's report.html and print its path."""
+"""``python -m veripo.report RUN_DIR [--out PATH]``: (re)write the run's report.html and print its path.
+
+It needs no `veripo.compat.install()`: the report imports neither transformers nor torchvision.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from veripo.report.html import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,10 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="the run folder, e.g. runs/NAME")
     parser.add_argument("--out", default=None, help="where to write the report (default: RUN_DIR/report.html)")
     args = parser.parse_args(argv)
-
-    from pathlib import Path
-
-    from veripo.report.html import write_report
 
     if not Path(args.run_dir).is_dir():
         print(f"veripo.report: {args.run_dir}: no such folder. Fix: pass a run folder such as runs/NAME",

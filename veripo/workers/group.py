@@ -16,19 +16,33 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from veripo import compat
 from veripo.workers.placement import (ActorSlot, PlacementPlan, actor_options, check_rollout_devices, cluster_nodes,
                                       create_placement_groups, plan_placement, probe_options, remove_placement_groups)
 from veripo.workers.plain import JudgeWorker, RewardScorer, RolloutWorker, TrainerWorker, rendezvous_address
 
 
+def runtime_env() -> dict[str, Any]:
+    """What every Ray worker of the run gets, on this node or a joined one: `veripo.compat`'s shim.
+
+    ``env_vars``: `compat.child_env()`, ``PYTHONPATH`` led by ``veripo/_boot`` (whose ``sitecustomize``
+    installs the torchvision hook at interpreter start, in the worker and in the processes vLLM starts
+    from it) and ``FORCE_QWENVL_VIDEO_READER``. ``worker_process_setup_hook`` runs `compat.install()` in
+    each worker before it takes a task, for a node whose veripo lives in another folder than the driver's.
+    """
+    return {"env_vars": compat.child_env(), "worker_process_setup_hook": "veripo.compat.install"}
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Start a local Ray cluster (or join `address`) with `runtime_env()` for the job's workers."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False,
+                              "runtime_env": runtime_env()}
     if address:
         kwargs["address"] = address
     else:
