@@ -19,10 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from veripo.data.rollouts import PreferencePair, Rollout
-
-from verifier.checks import parse_response
 from veripo.config import VerifierConfig
+from veripo.data.rollouts import PreferencePair, Rollout
+from veripo.rewards import strip_answer_tags
+from verifier.checks import parse_response
 from verifier.judge import JudgeBackend, VerdictCache, ask_with_retry, cache_key
 from verifier.pairs import question_of
 from verifier.templates import PromptTemplate
@@ -149,8 +149,6 @@ SINGLE = "fewer than two samples"
 
 def caption_items(rollouts: Sequence[Rollout], records: Mapping[str, Mapping[str, Any]]) -> dict[str, CaptionItem]:
     """One `CaptionItem` per rollout whose record has a caption, a question and a solution."""
-    from veripo.rewards import strip_answer_tags
-
     items = {}
     for r in rollouts:
         rec = records.get(r.problem_id) or r.record

@@ -28,11 +28,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar, runtime_checkable
 
+from veripo import compat
+from veripo.models import resolve_model
 from veripo.registry import Registry
 from verifier.templates import Messages, PromptTemplate
 
@@ -334,7 +336,7 @@ class ScriptedJudge:
 
 def _on_cpu() -> bool:
     try:
-        import torch
+        import torch  # the verifier imports torch only to build a vLLM judge
 
         return not torch.cuda.is_available()
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -346,8 +348,6 @@ def resolve_judge_model(model: str) -> str:
     (the embedded ``smollm2-135m-instruct``, or a hub id when online)."""
     if os.path.isdir(model):
         return model
-    from veripo.models import resolve_model
-
     return str(resolve_model(model))
 
 
@@ -376,11 +376,10 @@ class VLLMJudge:
         path = resolve_judge_model(model)
         kwargs: dict[str, Any] = {"max_model_len": max_model_len, "seed": 0}
         if _on_cpu():
-            from veripo.compat import setup_vllm_cpu
-
-            setup_vllm_cpu()
+            compat.setup_vllm_cpu()
             kwargs.update(enforce_eager=True, dtype="bfloat16")
         kwargs.update(engine_kwargs)
+        # vllm: only when a vLLM judge is built (about 3 s and 190 MiB to import), after setup_vllm_cpu()
         from vllm import LLM
 
         return LLM(model=path, **kwargs)
@@ -475,8 +474,6 @@ class OpenAIJudge:
             futures = [pool.submit(self._one, r) for r in requests]
             if self.show_progress:
                 from tqdm import tqdm
-
-                from concurrent.futures import as_completed
 
                 for _ in tqdm(as_completed(futures), total=len(futures), desc="judge", unit="req"):
                     pass

@@ -34,8 +34,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from veripo.data.prompts import build_messages, build_prompt
 from veripo.data.records import LoadReport, Record
 from veripo.data.rollouts import PreferencePair, RolloutError, read_jsonl, read_pairs
+from veripo.rewards import accuracy_reward
+from veripo.rollout import GenerationRequest, SamplingConfig
 
 __all__ = [
     "augment_caption", "augment_frames", "external_pair_from_dict", "leanpo_pairs", "load_pair_file", "mask_frames",
@@ -257,9 +260,6 @@ def with_answer(response: str, answer: str) -> str:
 def _request(prompts, record: Record, video=None, follow_up: Sequence[dict] = (), request_id: str | None = None):
     """A `GenerationRequest` for `record` rendered by the run's `PromptBuilder` (chat template + style),
     optionally with more chat turns and a (perturbed) video."""
-    from veripo.data import build_messages
-    from veripo.rollout import GenerationRequest
-
     tok = prompts.tokenizer
     messages = build_messages(record, prompts.style) + list(follow_up)
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -269,8 +269,6 @@ def _request(prompts, record: Record, video=None, follow_up: Sequence[dict] = ()
 
 
 def _correct(text: str, record: Record) -> bool:
-    from veripo.rewards import accuracy_reward
-
     return accuracy_reward(text, record.solution, record.problem_type) >= 0.5
 
 
@@ -284,8 +282,6 @@ def _video_for(video_loader, record: Record, transform: Callable[[Tensor], Tenso
 
 
 def _pair(pid: str, ptype: str, record: Record, chosen: str, rejected: str, source: str, **extra) -> PreferencePair:
-    from veripo.data import build_prompt
-
     return PreferencePair(pair_id=pid, problem_id=record.problem_id, type=ptype, prompt=build_prompt(record),
                           chosen=chosen, rejected=rejected, chosen_id=f"{pid}:chosen", rejected_id=f"{pid}:rejected",
                           video_path=record.path, record=record.to_dict(), extra={"source": source, **extra})
@@ -308,7 +304,6 @@ def rrpo_perturbation_pairs(engine, records: Sequence[Record], prompts, *, mode:
         sampling: `SamplingConfig` (default temperature 1.0, 128 tokens).
         stats: filled with ``prompts``, ``samples``, ``wrong``, ``pairs``.
     """
-    from veripo.rollout import SamplingConfig
 
     sampling = sampling or SamplingConfig(temperature=1.0, max_tokens=128, seed=seed)
     requests = []
@@ -357,7 +352,6 @@ def leanpo_pairs(engine, records: Sequence[Record], prompts, *, max_tokens: int 
 
     stats: filled with ``prompts``, ``pairs``, ``reflected`` (y+ from the reflection), ``no_correct``.
     """
-    from veripo.rollout import SamplingConfig
 
     greedy = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
     hinted = [dataclasses.replace(r, problem=f"{r.problem.strip()}\n{hint.format(answer=r.answer)}") for r in records]

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veripo.rewards.parsing import extract_answer
+
 PROBLEM_TYPES = ("multiple choice", "numerical", "regression", "OCR", "free-form")
 DATA_TYPES = ("video", "image", "text")
 REQUIRED_FIELDS = ("problem_id", "problem", "data_type", "problem_type", "solution")
@@ -53,8 +55,6 @@ class Record:
     @property
     def answer(self) -> str:
         """The ground truth without ``<answer>`` tags."""
-        from veripo.rewards import extract_answer  # late import: rewards may import data
-
         inner = extract_answer(self.solution)
         return (inner if inner is not None else self.solution).strip()
 

@@ -29,12 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from veripo.config import VerifierConfig
 from veripo.data.records import Record
+from veripo.data.rollouts import Rollout
+from veripo.rewards import (RewardFunction, accuracy_reward, answer_text, canonical_problem_type, format_reward,
+                            mean_relative_accuracy, parse_number, strip_answer_tags)
 from veripo.run_dir import RESULTS, SAMPLES, atomic_write_text, write_jsonl
+from verifier.checks import check_rollout, count_tokens, parse_response
+from verifier.judge import ConsistencyJudge
+from verifier.pairs import PairStats, build_pairs, format_table
+from verifier.pipeline import judge_rollouts, resolve_records
 
 if TYPE_CHECKING:  # pragma: no cover
-    from veripo.config import VerifierConfig
-    from verifier.judge import ConsistencyJudge
     from veripo.rollout.types import GenerationRequest, Sample, SamplingConfig
 
 GenerateFn = Callable[[list["GenerationRequest"], "SamplingConfig"], list["Sample"]]
@@ -71,8 +77,6 @@ def _mean(xs: Sequence[float]) -> float | None:
 def _check_ground_truth(records: Sequence[Record]) -> None:
     """Score each solution against itself before generating: an unparsable ground truth (a data bug)
     then fails in seconds, naming the record, instead of after the whole generation."""
-    from veripo.rewards import accuracy_reward
-
     for rec in records:
         try:
             accuracy_reward(rec.solution, rec.solution, rec.problem_type)
@@ -107,13 +111,6 @@ def _generate_all(records: Sequence[Record], generate: GenerateFn, make_request:
 
 
 def _mra(response: str, record: Record) -> float:
-    from veripo.rewards import (
-        answer_text,
-        mean_relative_accuracy,
-        parse_number,
-        strip_answer_tags,
-    )
-
     gt = parse_number(strip_answer_tags(record.solution))
     pred = parse_number(answer_text(response))
     if gt is None or pred is None:
@@ -136,17 +133,8 @@ def evaluate(records: Sequence[Record], generate: GenerateFn, make_request: Call
     response tokens when a sample carries no token ids. `batch_size`: records per ``generate`` call
     (None: all at once). `seed` is used for sampling only (temperature > 0).
     """
-    from verifier.checks import check_rollout, count_tokens, parse_response
-    from veripo.config import VerifierConfig
-    from verifier.pairs import PairStats, build_pairs
-    from verifier.pipeline import judge_rollouts, resolve_records
-    from veripo.data.rollouts import Rollout
-    from veripo.rewards import (
-        RewardFunction,
-        accuracy_reward,
-        canonical_problem_type,
-        format_reward,
-    )
+    # veripo.rollout imports torch (1.2-4 s): here, not at module level, so that `import veripo.eval` and
+    # `python -m veripo.eval --help` stay free of torch (tests/test_imports.py checks it)
     from veripo.rollout.types import SamplingConfig
 
     t0 = time.perf_counter()
@@ -254,8 +242,6 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike, meta: Mapping[
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A small table: per-type accuracy (with counts), overall accuracy, MRA, format, inconsistency."""
-    from verifier.pairs import format_table
-
     def num(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
