@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 
 from veripo.config.rollout import BACKENDS, RolloutConfig
+from veripo.rollout.hf_engine import HFEngine
 from veripo.rollout.types import GenerationRequest, RolloutEngine, Sample, SamplingConfig
+from veripo.rollout.vllm_engine import VLLMEngine
 from veripo.rollout.weights import compare_checksums, iter_buckets, module_group, tensor_checksum
 
 __all__ = ["BACKENDS", "GenerationRequest", "HFEngine", "RolloutConfig", "RolloutEngine", "Sample",
@@ -27,23 +29,7 @@ __all__ = ["BACKENDS", "GenerationRequest", "HFEngine", "RolloutConfig", "Rollou
 def build_engine(cfg: RolloutConfig, model_path: str | os.PathLike) -> RolloutEngine:
     """The engine `cfg.backend` names, loaded from `model_path` (an HF folder)."""
     if cfg.backend == "vllm":
-        from veripo.rollout.vllm_engine import VLLMEngine
-
         return VLLMEngine(model_path, cfg)
     if cfg.backend == "hf":
-        from veripo.rollout.hf_engine import HFEngine
-
         return HFEngine(model_path, cfg)
     raise ValueError(f"RolloutConfig.backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
-
-
-def __getattr__(name: str):
-    if name == "VLLMEngine":
-        from veripo.rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine
-    if name == "HFEngine":
-        from veripo.rollout.hf_engine import HFEngine
-
-        return HFEngine
-    raise AttributeError(f"module 'veripo.rollout' has no attribute {name!r}")

@@ -20,11 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from veripo.config import RunConfig
 from veripo.data import PromptStyle, Record, build_messages, load_records
 from veripo.data.records import LoadReport
 from veripo.data.synth import generate
+from veripo.data.video import VideoStats, load_video, processor_inputs
+from veripo.rollout import GenerationRequest
 from veripo.run_dir import RunDir
+from veripo.train import PolicyBatch
 
 VISUAL_FIELDS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
@@ -49,8 +54,6 @@ class Prompt:
 
     def request(self, request_id: str | None = None):
         """The `GenerationRequest` for this prompt (text and frames for a video, else token ids)."""
-        from veripo.rollout import GenerationRequest
-
         rid = request_id if request_id is not None else self.record.problem_id
         if self.video is not None:
             return GenerationRequest(prompt=self.text, video=self.video, request_id=rid)
@@ -106,6 +109,7 @@ class PromptBuilder:
     def processor(self):
         """The model's processor (loaded on first use); a text-only model fails here, naming the fix."""
         if self._processor is None:
+            # transformers only for a video run's processor: importing it sets os.environ["TORCHINDUCTOR_CACHE_DIR"]
             from transformers import AutoProcessor
 
             path = self.tokenizer.name_or_path
@@ -138,10 +142,6 @@ class PromptBuilder:
     def video(self, record: Record):
         """`record`'s clip as a `LoadedVideo` with whole-number pixel values (cached); None when it failed to
         load and ``data.video.on_error=skip`` (counted in `video_stats`)."""
-        import torch
-
-        from veripo.data.video import VideoStats, load_video
-
         path = str(record.path)
         if path in self._videos:
             self._videos.move_to_end(path)
@@ -168,8 +168,6 @@ class PromptBuilder:
             if with_video:  # the clip failed to load and data.video.on_error=skip: the text alone
                 return self._text_prompt(record, dataclasses.replace(self.style, use_video=False))
             return self(record)
-        from veripo.data.video import processor_inputs
-
         order = None
         if shuffle:
             order = frame_order(video.frames.shape[0], seed)
@@ -199,10 +197,6 @@ def policy_batch(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Seq
 
     `visuals`: per sample, None or a video prompt's `Prompt.visual` (its frames' processor output, whose
     ``mm_token_type_ids`` cover the prompt; the response's are 0)."""
-    import torch
-
-    from veripo.train import PolicyBatch
-
     samples = []
     for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         sample: dict[str, Any] = {"input_ids": list(p) + list(r), "loss_mask": [0] * len(p) + [1] * len(r)}

@@ -41,12 +41,17 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from veripo.algos import token_kl, token_logprobs
 from veripo.algos.preference import PreferenceHParams, PreferenceInputs, get_preference_loss, phrase_masks, phrase_spans
-from veripo.config import PreferenceConfig
+from veripo.config import PreferenceConfig, VideoConfig
+from veripo.data import Record, build_messages
 from veripo.data.pairs import load_pair_file
 from veripo.data.rollouts import PreferencePair, read_pairs
+from veripo.data.video import load_video, processor_inputs
 from veripo.faults import fault_point
 from veripo.stages.base import StageContext
+from veripo.train import PolicyBatch, PolicyEngine
+from veripo.train.engine import is_vision_language
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +106,9 @@ class PairEncoder:
     def _record(self, pair: PreferencePair):
         if pair.record is None or self.prompts is None:
             return None
-        from veripo.data import Record
-
         return Record.from_dict(pair.record, where=f"pair {pair.pair_id}")
 
     def _messages(self, pair: PreferencePair, video: str | None) -> list[dict]:
-        from veripo.data import build_messages
-
         record = self._record(pair)
         if record is not None:
             return build_messages(record, self.prompts.style)
@@ -144,8 +145,6 @@ class PairEncoder:
         return rec.get("path") if rec.get("data_type") == "video" else None
 
     def _encode_video(self, pair: PreferencePair, path: str) -> EncodedPair:
-        from veripo.data.video import VideoConfig, load_video, processor_inputs
-
         record = self._record(pair)
         messages = self._messages(pair, None if record is not None else path)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -184,8 +183,6 @@ def pair_batch(pairs: Sequence[EncodedPair], pad_id: int, phrases: bool = False)
     """Interleaved rows ``c0, r0, c1, r1, ...`` with ``extras``: ``pair_index`` and ``pair_role`` (0 chosen,
     1 rejected) for the split check, ``pair_weight`` = 1 / len(pairs), and with `phrases` RRPO's
     ``phrase_mask`` [2P, T] (the chosen phrase mask on chosen rows, the rejected one on rejected rows)."""
-    from veripo.train import PolicyBatch
-
     w = 1.0 / len(pairs)
     samples = []
     for i, p in enumerate(pairs):
@@ -226,9 +223,8 @@ def _reference_module(ref: Any, device: torch.device, dtype: torch.dtype) -> tor
         return ref
     key = (str(ref), str(device), str(dtype))
     if key not in _REFERENCES:
+        # transformers only to load a reference: importing it sets os.environ["TORCHINDUCTOR_CACHE_DIR"]
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-        from veripo.train.engine import is_vision_language
 
         cls = AutoModelForImageTextToText if is_vision_language(AutoConfig.from_pretrained(ref)) else AutoModelForCausalLM
         model = cls.from_pretrained(ref, dtype=dtype).to(device).eval()
@@ -266,8 +262,6 @@ class PreferenceLossFn:
     reference: Any = None
 
     def __call__(self, logits: Tensor, micro, ctx) -> tuple[Tensor, dict[str, float]]:
-        from veripo.algos import token_logprobs
-
         spec = get_preference_loss(self.loss)
         check_pair_rows(micro)
         logp = token_logprobs(logits, micro.input_ids, chunk_size=self.chunk_size)
@@ -290,8 +284,6 @@ class PreferenceLossFn:
         return (losses * weight).sum(), {k: float(v) for k, v in metrics.items()}
 
     def _token_kl(self, logits: Tensor, micro) -> Tensor:
-        from veripo.algos import token_kl
-
         if self.reference is None:
             raise ValueError("rrpo with alpha > 0 needs a frozen reference model (PreferenceLossFn.reference)")
         model = _reference_module(self.reference, logits.device, logits.dtype)
@@ -310,8 +302,6 @@ class PreferenceLossFn:
 def frozen_reference(trainer, out_dir: str | Path | None = None) -> Any:
     """The stage's starting weights as a frozen reference for RRPO's token KL: an in-memory copy for a
     single-process `PolicyEngine` (in its compute dtype), else an HF export the loss loads per process."""
-    from veripo.train import PolicyEngine
-
     if isinstance(trainer, PolicyEngine) and trainer.group is None:
         ref = copy.deepcopy(trainer.model).to(trainer.compute_dtype).eval()
         ref.requires_grad_(False)

@@ -31,6 +31,8 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from veripo.faults import fault_point
+
 MARKER = "veripo_checkpoint.json"
 
 
@@ -95,8 +97,6 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim
         torch.save({"step": step, "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
         info = {"step": step, "world_size": world_size, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
-        from veripo.faults import fault_point
-
         fault_point("checkpoint.write")
         replace_dir(tmp, final)
     _barrier(group)

@@ -40,9 +40,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from veripo.algos import token_logprobs
+from veripo.config import TrainConfig
+from veripo.models import resolve_model
 from veripo.train import checkpoint as ckpt
 from veripo.train.batch import PolicyBatch
-from veripo.config import TrainConfig
 from veripo.train.optim import build_optimizer, build_scheduler
 from veripo.train.weights import SafetensorsWriter, copy_model_files, full_tensor, iter_hf_weights, source_dtype
 
@@ -66,6 +68,8 @@ class StepContext:
 
 def is_vision_language(config: Any) -> bool:
     """True when the config is a vision-language model transformers loads with AutoModelForImageTextToText."""
+    # transformers (here and in _load_model) not at module level: importing it sets
+    # os.environ["TORCHINDUCTOR_CACHE_DIR"] (it imports torch._dynamo), and importing veripo changes nothing
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     has_vision = getattr(config, "vision_config", None) is not None
@@ -92,8 +96,6 @@ class PolicyEngine:
     """
 
     def __init__(self, cfg: TrainConfig, model_path: str, dist: Any = None):
-        from veripo.models import resolve_model
-
         self.cfg = cfg
         self.model_dir = resolve_model(model_path)
         self.group = self._process_group(dist)
@@ -150,7 +152,7 @@ class PolicyEngine:
         return self._wrap_lora(base), base, is_vl
 
     def _wrap_lora(self, base: torch.nn.Module) -> torch.nn.Module:
-        import peft
+        import peft  # only with LoRA: peft imports transformers' model code (and torchvision)
         from peft.tuners.lora import Linear as LoraLinear
 
         lc = self.cfg.lora
@@ -237,8 +239,6 @@ class PolicyEngine:
         ``logp[b, t]`` is the log-prob of ``input_ids[b, t]`` given the tokens before it; position 0 and
         padding are 0. Computed in eval mode (no dropout), for old and reference log-probs.
         """
-        from veripo.algos import token_logprobs
-
         was_training = self.model.training
         self.model.eval()
         micros, n = self._micro_batches(batch, micro_batch_size or self.cfg.micro_batch_size)

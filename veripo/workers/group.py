@@ -17,9 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from veripo import compat
+from veripo.faults import fault_point
 from veripo.workers.placement import (ActorSlot, PlacementPlan, actor_options, check_rollout_devices, cluster_nodes,
                                       create_placement_groups, plan_placement, probe_options, remove_placement_groups)
 from veripo.workers.plain import JudgeWorker, RewardScorer, RolloutWorker, TrainerWorker, rendezvous_address
+from verifier.judge import JUDGES
+
+# ray is imported inside the functions that use it: importing ray adds ray/thirdparty_files to sys.path and
+# sets os.environ["RAY_CLIENT_MODE"], and importing veripo.workers (veripo.loop does) must change nothing.
 
 
 def runtime_env() -> dict[str, Any]:
@@ -98,8 +103,6 @@ class TrainerGroup:
 
     def train_step(self, batch, loss_fn) -> dict:
         import ray
-
-        from veripo.faults import fault_point
 
         refs = [w.train_step.remote(shard, loss_fn) for w, shard in zip(self.workers, self._shards(batch))]
         fault_point("train.step")
@@ -314,8 +317,6 @@ class RemoteJudge:
     def __init__(self, backend: str, model: str | None, max_tokens: int, options: dict | None = None,
                  gpus: float = 0.0, threads: int | None = None):
         import ray
-
-        from verifier.judge import JUDGES
 
         JUDGES.get(backend)  # an unknown name fails here, listing the known ones, before an actor starts
         cls = ray.remote(JudgeWorker).options(num_cpus=0, num_gpus=gpus)

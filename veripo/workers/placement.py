@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+# ray is imported inside the functions that call it: see veripo.workers.group.
+
 # Shares of one bundle's GPU in Ray's accounting: the trainer rank, the rollout engine beside it
 # (colocate) and the frozen KL reference's rank; they add up to at most 1.
 GPU_SHARES = {"trainer": 0.5, "rollout": 0.25, "reference": 0.25}

@@ -5,7 +5,18 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import time
 from typing import Any, Iterable, Sequence
+
+from veripo import compat
+from veripo.rewards import RewardFunction
+from verifier.judge import JUDGES
+
+# Ray starts every actor and task in a fresh worker that imports this module, also those that need no
+# torch (reward scorers, the rendezvous probe). So torch, veripo.rollout and veripo.train (torch 1.2-4 s
+# and 210 MiB; veripo.train 0.9 s and 50 MiB more) are imported inside the classes that use them (the
+# rollout engine's after setup_vllm_cpu()). ray: importing it changes sys.path and os.environ (see
+# veripo.workers.group), and these classes also run outside Ray (tests, benchmarks).
 
 
 def _set_threads(threads: int | None) -> None:
@@ -49,8 +60,6 @@ class RolloutWorker:
     """Owns one `RolloutEngine` (vLLM or HF) and receives weights in buckets."""
 
     def __init__(self, rollout_cfg, model_path: str, threads: int | None = None):
-        from veripo import compat
-
         compat.setup_vllm_cpu()
         _set_threads(threads)
         from veripo.rollout import build_engine
@@ -69,8 +78,6 @@ class RolloutWorker:
 
     def update_weights(self, buckets: Sequence[Any]) -> dict:
         """`buckets`: a list of ``{hf_name: tensor}`` dicts (or Ray object refs to them)."""
-        import time
-
         t0 = time.perf_counter()
         total = {"bytes": 0, "tensors": 0}
 
@@ -186,8 +193,6 @@ class RewardScorer:
     """Scores responses against their records with the rule rewards (one score + named components)."""
 
     def __init__(self, weights: dict[str, float]):
-        from veripo.rewards import RewardFunction
-
         self.fn = RewardFunction(weights)
 
     def score(self, responses: Sequence[str], records: Sequence[Any]) -> list:
@@ -199,16 +204,10 @@ class JudgeWorker:
 
     def __init__(self, backend: str, model: str | None, max_tokens: int, options: dict | None = None,
                  threads: int | None = None):
-        import os
-
-        from veripo import compat
-
         # the judge loads float32 checkpoints into bfloat16 on CPU: vLLM warns once per tensor otherwise
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         compat.setup_vllm_cpu()
         _set_threads(threads)
-        from verifier.judge import JUDGES
-
         self.backend = JUDGES.get(backend)(model=model, max_tokens=max_tokens, **(options or {}))
 
     def node(self) -> dict:
