@@ -127,7 +127,7 @@ class _Setup:
                      "system_prompt": args.system_prompt or None, "max_prompt_tokens": args.max_prompt_tokens},
         })
         # Imported once the inputs are checked, so --help and bad input (exit 2) answer in well under a
-        # second: transformers takes about 1.1 s, veripo.stages (torch and the training stages) 1.5-4.5 s.
+        # second (0.15-0.3 s): transformers takes about 1 s, veripo.stages (torch, the training stages) 2-4 s.
         from transformers import AutoTokenizer
 
         from veripo.stages.common import PromptBuilder
