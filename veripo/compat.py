@@ -10,8 +10,9 @@
 * `setup_vllm_cpu()` sets the environment vLLM's CPU backend needs before ``import vllm``.
 
 Importing veripo changes nothing global. The entry points (``python -m veripo.run``, ``veripo.eval``,
-``verifier``, ``veripo-synth``, the benchmarks) call `install()` first thing in ``main()``; so do
-`setup_vllm_cpu()` and the tests' conftest. Ray workers get it through the runtime environment
+``verifier``, the TRL benchmarks) call `install()` first thing in ``main()``; so do `setup_vllm_cpu()`
+and the tests' conftest (``veripo.report`` and ``veripo-synth`` import neither transformers nor
+torchvision and need none). Ray workers get it through the runtime environment
 `veripo.workers.group.init_ray` passes (`child_env()` and a worker set-up hook). A program that uses
 veripo as a library on such a CPU machine calls ``veripo.compat.install()`` before it imports
 transformers (whose model code imports torchvision). `veripo.data.video.load_video` needs neither: it

@@ -61,7 +61,7 @@ class HFEngine:
 
     def __init__(self, model_path: str | os.PathLike, cfg: RolloutConfig = RolloutConfig(backend="hf"),
                  device: str | torch.device | None = None):
-        # transformers here, not with veripo.rollout: importing it takes about 1.1 s and sets
+        # transformers here, not with veripo.rollout: importing it takes about 1 s and sets
         # os.environ["TORCHINDUCTOR_CACHE_DIR"] (it imports torch._dynamo)
         from transformers import AutoConfig
 

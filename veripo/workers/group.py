@@ -30,10 +30,11 @@ from verifier.judge import JUDGES
 def runtime_env() -> dict[str, Any]:
     """What every Ray worker of the run gets, on this node or a joined one: `veripo.compat`'s shim.
 
-    ``env_vars``: `compat.child_env()`, ``PYTHONPATH`` led by ``veripo/_boot`` (whose ``sitecustomize``
-    installs the torchvision hook at interpreter start, in the worker and in the processes vLLM starts
-    from it) and ``FORCE_QWENVL_VIDEO_READER``. ``worker_process_setup_hook`` runs `compat.install()` in
-    each worker before it takes a task, for a node whose veripo lives in another folder than the driver's.
+    ``env_vars``: `compat.child_env()`: the driver's ``PYTHONPATH`` (what a local cluster's workers
+    inherit anyway) led by ``veripo/_boot``, whose ``sitecustomize`` installs the torchvision hook at
+    interpreter start, in the worker and in the processes vLLM starts from it; and
+    ``FORCE_QWENVL_VIDEO_READER``. ``worker_process_setup_hook`` runs `compat.install()` in each worker
+    before it takes a task, for a node where veripo lives in another folder than on the driver's.
     """
     return {"env_vars": compat.child_env(), "worker_process_setup_hook": "veripo.compat.install"}
 
