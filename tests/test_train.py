@@ -372,5 +372,5 @@ def test_train_config_from_dict_and_lr_schedule():
     assert cfg.lora == LoraConfig(rank=4)
     factors = [LrFactor(cfg)(s) for s in range(7)]
     assert factors[:3] == [0.5, 1.0, 1.0] and factors[4] == pytest.approx(0.5) and factors[6] == pytest.approx(0.0)
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\]"):
-        TrainConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(ValueError, match=r"train.learning_rate: unknown key. .*Known keys of train: .*\blr\b"):
+        TrainConfig.from_dict({"learning_rate": 1.0})  # the one converter's message: the key, the known ones
