@@ -143,6 +143,9 @@ def test_ray_workers_get_the_shim_from_the_runtime_env():
     got = run_python(RAY_WORKER, timeout=400)
     assert compat.BOOT_DIR not in got["driver_pythonpath"].split(os.pathsep)
     assert got["pythonpath"].split(os.pathsep)[0] == compat.BOOT_DIR
+    # then the node's own PYTHONPATH (Ray expands ${PYTHONPATH} where the worker runs): nothing replaced
+    node = [p for p in got["driver_pythonpath"].split(os.pathsep) if p]
+    assert node and [p for p in got["pythonpath"].split(os.pathsep)[1:] if p] == node
     assert got["reader"] == "decord" and got["torchvision"]
     # env_vars: veripo/_boot was on PYTHONPATH when the worker's interpreter started; and the set-up hook
     assert got["sitecustomize"] == os.path.join(compat.BOOT_DIR, "sitecustomize.py")
@@ -153,7 +156,7 @@ LOAD_VIDEO = """
 import json, os, sys
 from veripo.data.video import VideoConfig, load_video
 env = dict(os.environ)
-v = load_video(sys.argv[1], VideoConfig(fps=2.0, min_pixels=16 * 28 * 28, max_pixels=32 * 28 * 28))
+v = load_video(sys.argv[1], VideoConfig(fps=2.0, nframes=None, min_pixels=16 * 28 * 28, max_pixels=32 * 28 * 28))
 print(json.dumps({"backend": v.metadata.get("video_backend"), "frames": list(v.frames.shape),
                   "env_added": sorted(set(os.environ) - set(env)), "pythonpath": os.environ.get("PYTHONPATH") == env.get("PYTHONPATH"),
                   "meta_path": [type(f).__name__ for f in sys.meta_path]}))

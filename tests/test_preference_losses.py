@@ -236,7 +236,8 @@ def test_preference_config_validation_names_the_field():
     from veripo.config import PreferenceConfig, allowed_values
 
     loss_field = next(f for f in dataclasses.fields(PreferenceConfig) if f.name == "loss")
-    assert sorted(allowed_values(loss_field)) == PREFERENCE_LOSSES.names()  # read from the registry
+    assert sorted(allowed_values(loss_field)) == PREFERENCE_LOSSES.names() == [  # read from the registry
+        "cdpo", "hinge", "ipo", "leanpo", "robust", "rrpo", "sigmoid", "simpo"]
     for bad, field in [({"loss": "dpo"}, "preference.loss"), ({"beta": -1.0}, "preference.beta"),
                        ({"label_smoothing": 0.1}, "preference.label_smoothing"),
                        ({"loss": "robust", "label_smoothing": 0.5}, "preference.label_smoothing"),

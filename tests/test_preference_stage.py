@@ -199,7 +199,7 @@ def test_video_pair_carries_its_frames(tiny_vlm_dir, synth_dir):
             batches.append(batch)
             return engine.train_step(batch, fn)
 
-    video_cfg = VideoConfig(fps=2.0, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
+    video_cfg = VideoConfig(fps=2.0, nframes=None, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
     h = run_preference_stage(PreferenceConfig(loss="rrpo", steps=1, batch_size=1, alpha=0.5), Spy(), [pair],
                              proc.tokenizer, prompts, processor=proc, video_cfg=video_cfg,
                              reference=engine.model.__class__.from_pretrained(tiny_vlm_dir).eval())

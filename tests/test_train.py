@@ -261,7 +261,7 @@ def test_qwen2_5_vl_video_batch_trains_and_exports(tiny_vlm_dir, synth_dir, tmp_
 
     proc = AutoProcessor.from_pretrained(tiny_vlm_dir)
     proc.tokenizer.padding_side = "right"
-    video_cfg = VideoConfig(fps=2.0, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
+    video_cfg = VideoConfig(fps=2.0, nframes=None, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
     recs = [r for r in load_records(f"{synth_dir}/train.jsonl") if r.data_type == "video"][:2]
     videos = [load_video(r.path, video_cfg) for r in recs]
     responses = ["<think>it moves</think><answer>B</answer><|im_end|>",

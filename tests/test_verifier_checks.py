@@ -1,4 +1,4 @@
-"""verifier.checks and verifier.config: parsing, accuracy, length, repetition, truncation, reflection."""
+"""verifier.checks and the verifier's config (veripo.config.VerifierConfig): parsing, accuracy, length, repetition, truncation, reflection."""
 
 from __future__ import annotations
 

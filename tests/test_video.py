@@ -8,7 +8,7 @@ import torch
 from veripo.data import PromptStyle, build_messages, load_records
 from veripo.data.video import LoadedVideo, VideoConfig, VideoLoadError, VideoStats, load_video, processor_inputs
 
-CFG = VideoConfig(fps=2.0, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
+CFG = VideoConfig(fps=2.0, nframes=None, min_pixels=4 * 28 * 28, max_pixels=16 * 28 * 28, max_frames=8)
 
 
 def video_records(synth_dir):
@@ -59,7 +59,7 @@ def test_missing_and_corrupt_videos_raise_or_are_counted(tmp_path):
     with pytest.raises(VideoLoadError, match="video file not found"):
         load_video(tmp_path / "nope.mp4", CFG)
     stats = VideoStats()
-    skip = VideoConfig(fps=2.0, min_pixels=CFG.min_pixels, max_pixels=CFG.max_pixels, on_error="skip")
+    skip = VideoConfig(fps=2.0, nframes=None, min_pixels=CFG.min_pixels, max_pixels=CFG.max_pixels, on_error="skip")
     assert load_video(bad, skip, stats) is None and load_video(tmp_path / "nope.mp4", skip, stats) is None
     assert stats.skipped == 2 and stats.loaded == 0 and len(stats.errors) == 2
 

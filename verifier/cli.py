@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = VerifierConfig().with_overrides(args.config)
         if args.judge_max_tokens < 1:
-            raise ConfigError("--judge-max-tokens", "must be >= 1")
+            raise ConfigError(f"--judge-max-tokens must be >= 1, got {args.judge_max_tokens}", "--judge-max-tokens")
         meta = (run_pairs if args.command == "pairs" else run_score)(args, config)
     except (RecordError, ConfigError, TemplateError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ from veripo.config import RunConfig, stage_plan, to_dict
 from veripo.faults import PGID_ENV
 from veripo.models import resolve_model
 from veripo.report import MetricsLogger, write_report
-from veripo.run_dir import Manifest, RunDir, atomic_write_text
+from veripo.run_dir import CHECKPOINT, Manifest, RunDir, atomic_write_text
 from veripo.stages import Progress, StageContext, stage_for
 from veripo.stages.common import PromptBuilder, load_run_records
 from veripo.workers import launch_workers
@@ -59,7 +59,7 @@ class Loop:
         if self.manifest.done(key):
             print(f"veripo: {key} already done; skipping")
             if stage.trains:
-                progress.policy = out / "checkpoint"
+                progress.policy = out / CHECKPOINT
             return
         out.mkdir(parents=True, exist_ok=True)
         print(f"veripo: [iteration {it + 1}/{self.cfg.iterations}, stage {where}] {name}")
@@ -97,6 +97,7 @@ class Loop:
         if any(s.startswith("eval") for s in cfg.stages) and not data.test:
             raise ValueError("stages include eval but there is no held-out split. Fix: set data.test=PATH "
                              "(or leave data.train null to generate the synthetic set with its test split)")
+        prompts = PromptBuilder(tokenizer, cfg)  # a template or processor error stops here, before the workers
         metrics = MetricsLogger(self.run.root, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                                 run_name=cfg.name)
         done = self.manifest.stages_done()
@@ -105,7 +106,7 @@ class Loop:
               + (f"; resuming ({done} stage(s) done)" if done else ""))
         workers = launch_workers(cfg, model_path)
         return StageContext(cfg=cfg, run=self.run, workers=workers, data=data, tokenizer=tokenizer,
-                            prompts=PromptBuilder(tokenizer, cfg), metrics=metrics, model_path=Path(model_path),
+                            prompts=prompts, metrics=metrics, model_path=Path(model_path),
                             progress=Progress(self.manifest, workers, metrics, cfg))
 
     # what tests and callers read of a run in progress

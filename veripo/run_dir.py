@@ -1,6 +1,6 @@
 """The run folder: every path of ``runs/NAME/``, the manifest, atomic writers and torn-line-tolerant readers.
 
-Layout (`RunDir` names each path; nothing else spells them out)::
+Layout (`RunDir` names each path; the file names are this module's constants)::
 
     config.yaml          the composed config
     manifest.json        the single truth about progress (`Manifest`): per stage id (``iter0/grpo``) its
@@ -41,6 +41,9 @@ PAIRS_META = "pairs.meta.json"
 RESULTS = "results.json"
 SAMPLES = "samples.jsonl"
 JUDGE_CACHE = "judge_cache.jsonl"
+CHECKPOINT = "checkpoint"  # a training stage's step checkpoint (veripo.train.checkpoint)
+POLICY = "policy"  # a finished training stage's HF export
+REFERENCE = "reference"  # a frozen reference export (GRPO's KL anchor, RRPO's token-wise KL)
 
 
 # -- writers and readers ------------------------------------------------------------------------------
@@ -226,10 +229,10 @@ class RunDir:
         return self.root / self.stage_id(iteration, stage)
 
     def checkpoint(self, iteration: int, stage: str) -> Path:
-        return self.stage(iteration, stage) / "checkpoint"
+        return self.stage(iteration, stage) / CHECKPOINT
 
     def policy(self, iteration: int, stage: str) -> Path:
-        return self.stage(iteration, stage) / "policy"
+        return self.stage(iteration, stage) / POLICY
 
     def rollouts(self, iteration: int) -> Path:
         return self.stage(iteration, "grpo") / ROLLOUTS
@@ -239,7 +242,7 @@ class RunDir:
         return self.stage(iteration, "grpo") / SHUFFLED_ROLLOUTS
 
     def reference(self, iteration: int) -> Path:
-        return self.stage(iteration, "grpo") / "reference"
+        return self.stage(iteration, "grpo") / REFERENCE
 
     def pairs(self, iteration: int) -> Path:
         return self.stage(iteration, "verify") / PAIRS

@@ -37,10 +37,10 @@ from veripo.config.run import (
 )
 from veripo.config.train import LoraConfig, TrainConfig
 from veripo.config.verifier import VERIFIER_PAIR_TYPES, VerifierConfig
-from veripo.config.video import VideoConfig
+from veripo.config.video import VIDEO_R1, VideoConfig
 
 __all__ = [
-    "STAGES", "VERIFIER_PAIR_TYPES", "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "GRPOConfig",
+    "STAGES", "VERIFIER_PAIR_TYPES", "VIDEO_R1", "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "GRPOConfig",
     "LoggingConfig", "LoraConfig", "ModelConfig", "PreferenceConfig", "PruneConfig", "RayConfig", "RolloutConfig",
     "RunConfig", "SFTConfig", "SynthConfig", "TrainConfig", "VerifierConfig", "VerifyConfig", "VideoConfig",
     "allowed_values", "check_stages", "choice", "from_dict", "registry_choices", "stage_plan", "to_dict",

@@ -63,7 +63,7 @@ class RolloutConfig:
     weight_sync_dir: str | None = None
     logprobs_mode: str = "processed"
     sleep_level: int = 1
-    limit_mm_per_prompt: Mapping[str, int] | None = None
+    limit_mm_per_prompt: Mapping[str, Any] | None = None  # vLLM's: {video: 1} or {video: {count: 1, ...}}
     seed: int = 0
     vllm_kwargs: Mapping[str, Any] = field(default_factory=dict)
 

@@ -16,8 +16,9 @@ from typing import Any, Iterable
 
 from veripo.config.convert import ConfigError, from_dict
 
-# the pair types the consistency verifier builds, in its default priority order (a pair record may also
-# be "caption": `veripo.data.rollouts.PAIR_TYPES`)
+# every type a pair record may carry (the report's order), and the ones the consistency verifier builds,
+# in its default priority order; "caption" pairs come from the caption-proxy judge
+PAIR_TYPES = ("penalty", "consistency", "reflection", "caption")
 VERIFIER_PAIR_TYPES = ("consistency", "reflection", "penalty")
 JUDGE_SCOPES = ("all", "accurate")
 
@@ -77,8 +78,8 @@ class VerifierConfig:
     min_repeat_words: int = 3
     accuracy_threshold: float = 0.5
     chosen_requires_format: bool = True
-    reflection_markers: tuple[str, ...] = DEFAULT_REFLECTION_MARKERS
-    pair_types: tuple[str, ...] = VERIFIER_PAIR_TYPES
+    reflection_markers: tuple[str, ...] | str = DEFAULT_REFLECTION_MARKERS  # a string: one marker
+    pair_types: tuple[str, ...] | str = VERIFIER_PAIR_TYPES  # a string: comma-separated
     max_pairs_per_prompt: int = 2
     judge_scope: str = "all"
     caption_margin: float = 2.0

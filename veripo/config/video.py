@@ -10,10 +10,12 @@ from veripo.config.convert import choice
 
 @dataclass(frozen=True)
 class VideoConfig:
-    """Frame sampling and size (the qwen-vl-utils element keys). Exactly one of fps / nframes."""
+    """Frame sampling and size (the qwen-vl-utils element keys). Exactly one of fps / nframes: the
+    default samples 8 frames per clip (``nframes``); ``fps: 2.0, nframes: null`` samples by rate, as
+    Video-R1 trains (`VIDEO_R1`)."""
 
-    fps: float | None = 2.0
-    nframes: int | None = None
+    fps: float | None = None
+    nframes: int | None = 8
     min_pixels: int = 16 * 28 * 28
     max_pixels: int = 128 * 28 * 28
     max_frames: int = 16
@@ -43,3 +45,6 @@ class VideoConfig:
         else:
             el.update(fps=self.fps, max_frames=self.max_frames, min_frames=self.min_frames)
         return el
+
+
+VIDEO_R1 = VideoConfig(fps=2.0, nframes=None)  # qwen-vl-utils' and Video-R1's rate-based sampling

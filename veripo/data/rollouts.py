@@ -28,12 +28,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from veripo.config.verifier import VERIFIER_PAIR_TYPES
+from veripo.config.verifier import PAIR_TYPES
 from veripo.data.records import LoadReport, RecordError
 from veripo.run_dir import append_jsonl, truncate_jsonl, write_jsonl
 
 FINISH_REASONS = ("stop", "length")
-PAIR_TYPES = (*VERIFIER_PAIR_TYPES, "caption")  # what a pair record may be: the verifier's and the caption judge's
 
 __all__ = [
     "FINISH_REASONS", "PAIR_TYPES", "LoadReport", "PreferencePair", "Rollout", "RolloutError",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from veripo import compat
-from veripo.config.video import VideoConfig
+from veripo.config.video import VIDEO_R1, VideoConfig
 
 
 class VideoLoadError(RuntimeError):
@@ -69,7 +69,7 @@ def _fetch_video():
     return vision_process.fetch_video
 
 
-def load_video(path: str | os.PathLike, cfg: VideoConfig = VideoConfig(), stats: VideoStats | None = None) -> LoadedVideo | None:
+def load_video(path: str | os.PathLike, cfg: VideoConfig = VIDEO_R1, stats: VideoStats | None = None) -> LoadedVideo | None:
     """Read, sample and resize one clip. Returns None only when ``cfg.on_error == "skip"`` and it failed."""
     path = str(path)
     try:

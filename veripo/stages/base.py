@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 from veripo.config import RunConfig
 from veripo.report.metrics import MetricsLogger
-from veripo.run_dir import Manifest, RunDir
+from veripo.run_dir import CHECKPOINT, POLICY, Manifest, RunDir
 from veripo.stages.common import PromptBuilder, RunRecords
 from verifier.judge import ConsistencyJudge
 
@@ -53,7 +53,7 @@ class Progress:
         afresh)."""
         info = self.manifest.get(stage_id)
         start = int(info.get("steps_done", 0))
-        ok = start > 0 and info.get("checkpoint_step") == start and (out / "checkpoint" / "veripo_checkpoint.json").is_file()
+        ok = start > 0 and info.get("checkpoint_step") == start and (out / CHECKPOINT / "veripo_checkpoint.json").is_file()
         return start if ok else 0
 
     def restore_policy(self) -> None:
@@ -68,22 +68,24 @@ class Progress:
     def finish(self, stage_id: str, out: Path) -> None:
         """A finished training stage: its final checkpoint (unless the last step saved it) and HF export."""
         info = self.manifest.get(stage_id)
-        ckpt = out / "checkpoint"
+        ckpt = out / CHECKPOINT
         if info.get("checkpoint_step") != info.get("steps_done", -1) or not ckpt.is_dir() or not info.get("steps_done"):
             self.workers.trainer.save_checkpoint(str(ckpt))
-        self.workers.trainer.export_hf(str(out / "policy"))
+        self.workers.trainer.export_hf(str(out / POLICY))
         self.policy = self.loaded = ckpt
-        self.manifest.mark(stage_id, policy=str(out / "policy"))
+        self.manifest.mark(stage_id, policy=str(out / POLICY))
 
     # -- the stage's side -----------------------------------------------------------------------
-    def begin(self, stage_id: str, out: Path, start_step: int, lr: float, warmup_steps: int,
-              total_steps: int | None) -> None:
-        """A training stage's optimizer and schedule; when resuming (`start_step` > 0), then its step
-        checkpoint (weights, optimizer, schedule, RNG), pushed to the rollout engines. The metrics rows of
-        the steps about to be (re)done are dropped."""
-        self.workers.trainer.set_lr(lr, warmup_steps, total_steps)
+    def begin(self, stage_id: str, out: Path, start_step: int, lr: float | None, warmup_steps: int = 0,
+              total_steps: int | None = None) -> None:
+        """A training stage's optimizer and schedule (`lr` None: the stage sets them itself, after its own
+        set-up); when resuming (`start_step` > 0), then its step checkpoint (weights, optimizer, schedule,
+        RNG), pushed to the rollout engines. The metrics rows of the steps about to be (re)done are
+        dropped."""
+        if lr is not None:
+            self.workers.trainer.set_lr(lr, warmup_steps, total_steps)
         if start_step > 0:
-            ckpt = out / "checkpoint"
+            ckpt = out / CHECKPOINT
             self.workers.trainer.load_checkpoint(str(ckpt))
             self.loaded = ckpt
             self.sync_weights()
@@ -96,8 +98,8 @@ class Progress:
         """After a training step: checkpoint every ``checkpoint.every`` steps (and the last), then record it."""
         n = step + 1
         if n % self.cfg.checkpoint.every == 0 or n == total:
-            self.workers.trainer.save_checkpoint(str(out / "checkpoint"))
-            self.loaded = out / "checkpoint"
+            self.workers.trainer.save_checkpoint(str(out / CHECKPOINT))
+            self.loaded = out / CHECKPOINT
             self.manifest.mark(stage_id, steps_done=n, checkpoint_step=n, elapsed=round(self.elapsed(stage_id), 1))
 
     def sync_weights(self) -> dict:

@@ -35,7 +35,7 @@ from veripo.data.rollouts import Rollout, append_rollouts, read_rollouts, trunca
 from veripo.faults import fault_point
 from veripo.rewards import extract_think, length_bonus
 from veripo.rollout import SamplingConfig
-from veripo.run_dir import ROLLOUTS, SHUFFLED_ROLLOUTS
+from veripo.run_dir import REFERENCE, ROLLOUTS, SHUFFLED_ROLLOUTS
 from veripo.stages.base import StageContext
 from veripo.stages.common import policy_batch
 
@@ -160,7 +160,7 @@ class GRPOStage:
 
 def _export_reference(ctx: StageContext, out: Path) -> Path:
     """A frozen copy of the current policy (the KL anchor), exported once per stage."""
-    path = out / "reference"
+    path = out / REFERENCE
     if not (path / ".complete").is_file():
         ctx.workers.trainer.export_hf(str(path))
         (path / ".complete").write_text("")

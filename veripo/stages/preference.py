@@ -43,7 +43,8 @@ from torch import Tensor
 
 from veripo.algos import token_kl, token_logprobs
 from veripo.algos.preference import PreferenceHParams, PreferenceInputs, get_preference_loss, phrase_masks, phrase_spans
-from veripo.config import PreferenceConfig, VideoConfig
+from veripo.config import PreferenceConfig
+from veripo.config.video import VIDEO_R1
 from veripo.data import Record, build_messages
 from veripo.data.pairs import load_pair_file
 from veripo.data.rollouts import PreferencePair, read_pairs
@@ -148,7 +149,7 @@ class PairEncoder:
         record = self._record(pair)
         messages = self._messages(pair, None if record is not None else path)
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        video = load_video(path, self.video_cfg or VideoConfig())
+        video = load_video(path, self.video_cfg or VIDEO_R1)
         tok = self.processor.tokenizer
         eos = tok.eos_token or ""
         rows, starts = [], []
@@ -475,7 +476,9 @@ class PreferenceStage:
             pairs = read_pairs(path)
         n_pairs = min(len(pairs), c.max_pairs) if c.max_pairs else len(pairs)
         total = c.total_steps(n_pairs) if n_pairs else 0
-        ctx.progress.begin(ctx.stage_id, out, start_step, c.lr, c.warmup_steps, total)
+        # the optimizer and schedule: run_preference_stage sets them on a fresh start, once it knows the
+        # steps its usable pairs make; a resumed stage keeps the ones its checkpoint restores
+        ctx.progress.begin(ctx.stage_id, out, start_step, lr=None)
 
         def done(step: int, row: dict) -> None:
             fault_point("preference.step")

@@ -30,13 +30,16 @@ from verifier.judge import JUDGES
 def runtime_env() -> dict[str, Any]:
     """What every Ray worker of the run gets, on this node or a joined one: `veripo.compat`'s shim.
 
-    ``env_vars``: `compat.child_env()`: the driver's ``PYTHONPATH`` (what a local cluster's workers
-    inherit anyway) led by ``veripo/_boot``, whose ``sitecustomize`` installs the torchvision hook at
-    interpreter start, in the worker and in the processes vLLM starts from it; and
-    ``FORCE_QWENVL_VIDEO_READER``. ``worker_process_setup_hook`` runs `compat.install()` in each worker
-    before it takes a task, for a node where veripo lives in another folder than on the driver's.
+    ``env_vars``: ``PYTHONPATH`` led by ``veripo/_boot``, whose ``sitecustomize`` installs the torchvision
+    hook at interpreter start, in the worker and in the processes vLLM starts from it, followed by the
+    node's own ``PYTHONPATH`` (Ray expands ``${PYTHONPATH}`` on the worker's node: a joined node keeps its
+    paths); and ``FORCE_QWENVL_VIDEO_READER`` (`compat.child_env()`). ``worker_process_setup_hook`` runs
+    `compat.install()` in each worker before it takes a task, for a node where veripo lives in another
+    folder than on the driver's.
     """
-    return {"env_vars": compat.child_env(), "worker_process_setup_hook": "veripo.compat.install"}
+    env = compat.child_env()
+    env["PYTHONPATH"] = f"{compat.BOOT_DIR}{os.pathsep}${{PYTHONPATH}}"
+    return {"env_vars": env, "worker_process_setup_hook": "veripo.compat.install"}
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
