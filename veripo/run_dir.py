@@ -100,20 +100,24 @@ def append_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
     return path
 
 
-def read_json_lines(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a JSONL file, skipping blank lines and lines a crash tore (not JSON)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
+def _parse_lines(path: Path) -> tuple[list[dict], int]:
+    """The JSON objects of a JSONL file and the number of non-blank lines (torn ones included)."""
+    rows, lines = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
+        lines += 1
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:  # a line torn by a crash mid-write
             continue
-    return rows
+    return rows, lines
+
+
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSONL file, skipping blank lines and lines a crash tore (not JSON)."""
+    path = Path(path)
+    return _parse_lines(path)[0] if path.is_file() else []
 
 
 def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> int:
@@ -122,10 +126,9 @@ def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> int
     path = Path(path)
     if not path.is_file():
         return 0
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    rows = read_json_lines(path)
+    rows, lines = _parse_lines(path)
     kept = [r for r in rows if _keep(keep, r)]
-    dropped = len(lines) - len(kept)
+    dropped = lines - len(kept)
     if dropped:
         write_jsonl(path, kept)
     return dropped
@@ -228,30 +231,11 @@ class RunDir:
     def stage(self, iteration: int, stage: str) -> Path:
         return self.root / self.stage_id(iteration, stage)
 
-    def checkpoint(self, iteration: int, stage: str) -> Path:
-        return self.stage(iteration, stage) / CHECKPOINT
-
-    def policy(self, iteration: int, stage: str) -> Path:
-        return self.stage(iteration, stage) / POLICY
-
     def rollouts(self, iteration: int) -> Path:
         return self.stage(iteration, "grpo") / ROLLOUTS
 
-    def shuffled_rollouts(self, iteration: int) -> Path:
-        """T-GRPO's shuffled-frame rollouts (never verified)."""
-        return self.stage(iteration, "grpo") / SHUFFLED_ROLLOUTS
-
-    def reference(self, iteration: int) -> Path:
-        return self.stage(iteration, "grpo") / REFERENCE
-
     def pairs(self, iteration: int) -> Path:
         return self.stage(iteration, "verify") / PAIRS
-
-    def pairs_meta(self, iteration: int) -> Path:
-        return self.stage(iteration, "verify") / PAIRS_META
-
-    def judge_cache(self, iteration: int, stage: str) -> Path:
-        return self.stage(iteration, stage) / JUDGE_CACHE
 
     def eval_results(self, iteration: int, after: str) -> Path:
         return self.stage(iteration, f"eval_{after}") / RESULTS
