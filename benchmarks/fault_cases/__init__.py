@@ -1,0 +1,1 @@
+"""Fault cases for benchmarks/faults.py, one module per family (see its docstring)."""
