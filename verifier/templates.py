@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from veripo.errors import UserError
+
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 _SECTION = re.compile(r"^\[(system|user|assistant)\]\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -21,7 +23,7 @@ _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 Messages = list[dict[str, str]]
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     pass
 
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from veripo.errors import UserError
+
 T = TypeVar("T")
 
 __all__ = ["Registry", "UnknownNameError"]
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(UserError, KeyError, ValueError):
     """An unregistered name; the message lists the registered ones. Both a KeyError and a ValueError,
     so ``except ValueError`` (config validation) and ``except KeyError`` (mapping lookups) catch it."""
 

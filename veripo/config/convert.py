@@ -19,8 +19,10 @@ import typing
 from dataclasses import field
 from typing import Any, Callable
 
+from veripo.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad config value; the message names the key and the fix. `key` (alias `field`) is the dotted
     key when known."""
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veripo.errors import UserError
 from veripo.rewards.parsing import extract_answer
 
 PROBLEM_TYPES = ("multiple choice", "numerical", "regression", "OCR", "free-form")
@@ -27,7 +28,7 @@ DATA_TYPES = ("video", "image", "text")
 REQUIRED_FIELDS = ("problem_id", "problem", "data_type", "problem_type", "solution")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record that does not follow the schema; the message names file:line:field and the fix."""
 
     def __init__(self, where: str, field_name: str, problem: str, fix: str):

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from veripo.errors import UserError
+
 # ray is imported inside the functions that call it: see veripo.workers.group.
 
 # Shares of one bundle's GPU in Ray's accounting: the trainer rank, the rollout engine beside it
@@ -29,7 +31,7 @@ GPU_SHARES = {"trainer": 0.5, "rollout": 0.25, "reference": 0.25}
 PG_READY_TIMEOUT_S = 600.0
 
 
-class PlacementError(ValueError):
+class PlacementError(UserError, ValueError):
     """The cluster cannot hold the requested placement; the message names the role, the need and the fix."""
 
 
