@@ -65,3 +65,9 @@ def user_errors(prog: str) -> Iterator[None]:
         if isinstance(exc, (SystemExit, KeyboardInterrupt)) or user_error_of(exc) is None:
             raise
         raise SystemExit(report(prog, exc)) from None
+
+
+def debug_traceback() -> None:
+    """In an ``except`` block that prints a user error itself: the traceback first under ``VERIPO_DEBUG=1``."""
+    if debug():
+        traceback.print_exc(file=sys.stderr)

@@ -145,7 +145,8 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
             import traceback
 
             traceback.print_exc()
-        raise SystemExit(message) from None
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None
     for arg in overrides:
         if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
             continue
@@ -180,7 +181,10 @@ def recipe_error(exc: BaseException, path: Path) -> str | None:
         name = getattr(mark, "name", "") or ""
         where = f"{name if name and not name.startswith('<') else path}:{mark.line + 1}:{mark.column + 1}"
     problem = " ".join(str(p) for p in (getattr(seen, "context", None), getattr(seen, "problem", None)) if p)
-    return (f"veripo: recipe {where}: not valid YAML ({problem or type(seen).__name__}). "
+    start = getattr(seen, "context_mark", None)
+    opened = (f"; it started at line {start.line + 1}, column {start.column + 1}"
+              if start is not None and mark is not None and start.line != mark.line else "")
+    return (f"veripo: recipe {where}: not valid YAML ({problem or type(seen).__name__}{opened}). "
             "Fix: correct the YAML there (indent with spaces, `key: value`, close brackets and quotes)")
 
 
