@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from veripo.config.convert import from_dict
+from veripo.config.convert import ConfigError, from_dict
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("float32", "bfloat16")
@@ -17,7 +17,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 def _fail(cls: type, name: str, rule: str, value: Any) -> None:
-    raise ValueError(f"{cls.__name__}.{name} {rule}, got {value!r}")
+    raise ConfigError(f"{cls.__name__}.{name} {rule}, got {value!r}", name)  # from_dict: key train.NAME
 
 
 def _one_of(cls: type, name: str, value: Any, allowed: tuple[str, ...]) -> None:
