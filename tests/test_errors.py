@@ -68,3 +68,13 @@ def test_debug_env_shows_a_user_errors_traceback_on_the_command_line(tmp_path):
     assert plain.returncode == debug.returncode == 2
     assert "Traceback" not in plain.stderr and "Traceback (most recent call last)" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+
+
+@pytest.mark.parametrize("override, names", [
+    ("grpo.lr=[1,", ["grpo.lr=[1,: not a valid override"]),
+    ("grpo.lr=${oc.env:VERIPO_NO_SUCH_VAR}", ["grpo.lr:", "VERIPO_NO_SUCH_VAR"]),
+])
+def test_override_syntax_and_interpolation_errors_are_one_line(tmp_path, override, names):
+    proc = _cli(["-m", "veripo.run", override, f"output_dir={tmp_path}/run"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert all(n in proc.stderr for n in names), proc.stderr

@@ -147,6 +147,20 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
             traceback.print_exc()
         print(message, file=sys.stderr)
         raise SystemExit(2) from None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in overrides:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else "a syntax error"
+            print(f"veripo: {arg}: not a valid override ({detail}). Fix: write key=value; quote a value holding "
+                  "brackets, commas or spaces (key='[a, b]' in the shell: \"key=[a,b]\")", file=sys.stderr)
+            raise SystemExit(2) from None
     for arg in overrides:
         if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
             continue
@@ -190,13 +204,19 @@ def recipe_error(exc: BaseException, path: Path) -> str | None:
 
 def task(cfg) -> None:
     from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:
         print(f"veripo: {e.full_key}: the recipe leaves this value to you (???). Fix: add {e.full_key}=VALUE",
               file=sys.stderr)
+        raise SystemExit(2) from None
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve (${oops}, ${oc.env:UNSET})
+        key = getattr(e, "full_key", None) or "recipe"
+        detail = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
+        print(f"veripo: {key}: {detail}. Fix: correct the ${{...}} reference in {key} (or set the variable it "
+              "reads)", file=sys.stderr)
         raise SystemExit(2) from None
     data.pop("hydra", None)
     try:

@@ -85,3 +85,14 @@ def list_recipe(tmp: Path) -> Outcome:
     (recipes / "mine.yaml").write_text("- grpo\n- sft\n")
     res = run_cli(["-m", "veripo.run", "--recipe-dir", str(recipes), "recipe=mine", f"output_dir={tmp}/run"], tmp)
     return classify(res, ["mine.yaml"])
+
+
+@case("config", "override with broken syntax", config_error=True)
+def broken_override(tmp: Path) -> Outcome:
+    return classify(run_cli(["-m", "veripo.run", "grpo.lr=[1,", f"output_dir={tmp}/run"], tmp), ["grpo.lr=[1,"])
+
+
+@case("config", "interpolation that does not resolve", config_error=True)
+def bad_interpolation(tmp: Path) -> Outcome:
+    res = run_cli(["-m", "veripo.run", "grpo.lr=${oc.env:VERIPO_NO_SUCH_VAR}", f"output_dir={tmp}/run"], tmp)
+    return classify(res, ["grpo.lr", "VERIPO_NO_SUCH_VAR"])
