@@ -103,7 +103,8 @@ class Stub(BaseHTTPRequestHandler):
         if self.mode == "slow":
             time.sleep(2)
         if self.mode == "401":
-            body, ctype, code = json.dumps({"error": f"bad key {self.headers.get('Authorization')}"}), "application/json", 401
+            echo = {"error": f"bad key {self.headers.get('Authorization')}"}  # a server echoing the header
+            body, ctype, code = json.dumps(echo), "application/json", 401
         elif self.mode == "html":
             body, ctype, code = "<html><body>login</body></html>", "text/html", 200
         elif self.path != "/v1/models":

@@ -145,7 +145,8 @@ def check_judge_endpoint(cfg: RunConfig, timeout: float = ENDPOINT_TIMEOUT_S) ->
                                  "variable that holds it") from None
         if e.code == 404:
             raise PreflightError(f"{where} has no models list (HTTP 404 from GET {shown}). Fix: base_url must end "
-                                 "where the OpenAI API starts, usually with /v1 (e.g. http://127.0.0.1:8000/v1)") from None
+                                 "where the OpenAI API starts, usually with /v1 (e.g. http://127.0.0.1:8000/v1)"
+                                 ) from None
         raise PreflightError(f"{where} answered HTTP {e.code} to GET {shown}. Fix: check that the server is an "
                              "OpenAI-compatible endpoint and healthy, and verify.base_url") from None
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:

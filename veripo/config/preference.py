@@ -72,9 +72,8 @@ class PreferenceConfig:
         eps = self.label_smoothing
         if eps is not None:
             if not _uses_label_smoothing(self.loss) and eps != 0:
-                _fail("label_smoothing", f"is used by {', '.join(SMOOTHED_PREFERENCE_LOSSES)} only (loss={self.loss}); set it "
-                      "to null",
-                      eps)
+                users = ", ".join(SMOOTHED_PREFERENCE_LOSSES)
+                _fail("label_smoothing", f"is used by {users} only (loss={self.loss}); set it to null", eps)
             high_ok = eps <= 0.5 if self.loss == "cdpo" else eps < 0.5
             if not (0 <= eps and high_ok):
                 _fail("label_smoothing", "must be in [0, 0.5) ([0, 0.5] for cdpo)", eps)

@@ -92,8 +92,8 @@ class SynthConfig:
     def __post_init__(self):
         _int_at_least("n", self.n, 2)
         _int_at_least("seed", self.seed, 0)
-        need(is_num(self.difficulty) and 0.0 <= self.difficulty <= 1.0, "difficulty", "must be in [0, 1] (0 easy, 1 hard)",
-             self.difficulty)
+        need(is_num(self.difficulty) and 0.0 <= self.difficulty <= 1.0, "difficulty",
+             "must be in [0, 1] (0 easy, 1 hard)", self.difficulty)
         need(is_int(self.frames) and 4 <= self.frames <= 256, "frames", "must be an integer in [4, 256]", self.frames)
         need(is_num(self.test_fraction) and 0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)",
              self.test_fraction)
