@@ -152,7 +152,7 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
 
     parser = OverridesParser.create()
     for arg in overrides:
-        if arg.startswith("-"):
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # options and their values
             continue
         try:
             parser.parse_overrides([arg])
