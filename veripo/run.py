@@ -19,6 +19,7 @@ from pathlib import Path
 
 from veripo import compat
 from veripo.config import ConfigError, RunConfig
+from veripo.entry import debug, user_errors
 
 DEFAULT_RECIPE = "smollm2_cpu"
 RECIPES_ENV = "VERIPO_RECIPES"
@@ -123,13 +124,43 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
         known = sorted(p.stem for p in folder.glob("*.yaml"))
         raise SystemExit(f"veripo: recipe {recipe}: no {recipe}.yaml in {folder}. "
                          f"Fix: pick one with recipe=NAME (known: {', '.join(known) or 'none'})")
-    raw = OmegaConf.load(path)
-    if "defaults" in raw:  # composed from other files: let Hydra compose it (still no torch import)
-        from hydra import compose, initialize_config_dir
+    try:
+        raw = OmegaConf.load(path)
+        if not OmegaConf.is_dict(raw):
+            raise SystemExit(f"veripo: recipe {path}: the file holds a {type(raw).__name__}, not a mapping of "
+                             "sections. Fix: write it as `section:` blocks of `key: value` lines")
+        if "defaults" in raw:  # composed from other files: let Hydra compose it (still no torch import)
+            from hydra import compose, initialize_config_dir
 
-        with initialize_config_dir(config_dir=str(folder), version_base=None):
-            raw = compose(config_name=recipe)
-    conf = OmegaConf.to_container(raw)
+            with initialize_config_dir(config_dir=str(folder), version_base=None):
+                raw = compose(config_name=recipe)
+        conf = OmegaConf.to_container(raw)
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken recipe file: one message naming file:line:col
+        message = recipe_error(e, path)
+        if message is None:
+            raise
+        if debug():
+            import traceback
+
+            traceback.print_exc()
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in overrides:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # options and their values
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else "a syntax error"
+            print(f"veripo: {arg}: not a valid override ({detail}). Fix: write key=value; quote a value holding "
+                  "brackets, commas or spaces (key='[a, b]' in the shell: \"key=[a,b]\")", file=sys.stderr)
+            raise SystemExit(2) from None
     for arg in overrides:
         if arg.startswith(("-", "+", "~", "hydra")) or "=" not in arg:
             continue
@@ -146,9 +177,34 @@ def check_override_keys(recipe: str, overrides: list[str]) -> None:
             node, path = node[part], [*path, part]
 
 
+def recipe_error(exc: BaseException, path: Path) -> str | None:
+    """One message for a recipe file YAML cannot read, ``FILE:LINE:COL: problem``, or None when `exc`
+    (and its causes) is not a YAML error."""
+    import yaml
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, yaml.YAMLError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(seen, yaml.YAMLError):
+        return None
+    mark = getattr(seen, "problem_mark", None) or getattr(seen, "context_mark", None)
+    where = str(path)
+    if mark is not None:
+        name = getattr(mark, "name", "") or ""
+        where = f"{name if name and not name.startswith('<') else path}:{mark.line + 1}:{mark.column + 1}"
+    problem = " ".join(str(p) for p in (getattr(seen, "context", None), getattr(seen, "problem", None)) if p)
+    start = getattr(seen, "context_mark", None)
+    opened = (f"; it started at line {start.line + 1}, column {start.column + 1}"
+              if start is not None and mark is not None and start.line != mark.line else "")
+    return (f"veripo: recipe {where}: not valid YAML ({problem or type(seen).__name__}{opened}). "
+            "Fix: correct the YAML there (indent with spaces, `key: value`, close brackets and quotes)")
+
+
 def task(cfg) -> None:
     from omegaconf import OmegaConf
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -156,17 +212,28 @@ def task(cfg) -> None:
         print(f"veripo: {e.full_key}: the recipe leaves this value to you (???). Fix: add {e.full_key}=VALUE",
               file=sys.stderr)
         raise SystemExit(2) from None
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve (${oops}, ${oc.env:UNSET})
+        key = getattr(e, "full_key", None) or "recipe"
+        detail = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
+        print(f"veripo: {key}: {detail}. Fix: correct the ${{...}} reference in {key} (or set the variable it "
+              "reads)", file=sys.stderr)
+        raise SystemExit(2) from None
     data.pop("hydra", None)
     try:
         run_cfg = RunConfig.from_dict(data)
     except ConfigError as e:
         print(f"veripo: bad recipe value: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    # veripo.loop imports torch and transformers (about 5 s): only once the recipe is valid, and only
-    # after main() installed the torchvision shim transformers needs on a CPU machine.
-    from veripo.loop import Loop
+    with user_errors("veripo"):
+        # inputs that exist before the run (stage list, files, the judge endpoint), before any model loads
+        from veripo.preflight import preflight
 
-    Loop(run_cfg).fit()
+        preflight(run_cfg)
+        # veripo.loop imports torch and transformers (about 5 s): only once the recipe and inputs are valid,
+        # and only after main() installed the torchvision shim transformers needs on a CPU machine.
+        from veripo.loop import Loop
+
+        Loop(run_cfg).fit()
 
 
 def main() -> None:

@@ -11,8 +11,8 @@
   `preference`: `PreferenceConfig`; `verifier`: `VerifierConfig` (``verify.config``);
   `video`: `VideoConfig` (``data.video``).
 
-Importing this package imports no torch: allowed values held in registries next to torch code are
-looked up when a value is checked.
+Importing this package, and validating a recipe, imports no torch: the names of registries that live
+next to torch code are declared in `veripo.config.names` (see there for the pattern a new registry follows).
 """
 
 from veripo.config.convert import ConfigError, allowed_values, choice, from_dict, registry_choices, to_dict

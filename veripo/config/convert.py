@@ -14,6 +14,8 @@ import collections.abc
 import dataclasses
 import difflib
 import importlib
+import math
+import sys
 import types
 import typing
 from dataclasses import field
@@ -80,6 +82,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}", key)
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}", key)
     if tp is str:
@@ -127,7 +131,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError as e:
         if prefix and e.key and not e.key.startswith(prefix):  # a section's own check named its field
-            raise ConfigError(f"{prefix}.{e.key}: {e}", f"{prefix}.{e.key}") from e
+            full, msg = f"{prefix}.{e.key}", str(e)
+            text = full + msg[len(e.key):] if msg.startswith(e.key + " ") else f"{full}: {msg}"
+            raise ConfigError(text, full) from e
         raise
     except (ValueError, TypeError) as e:
         msg = str(e)
@@ -153,11 +159,41 @@ def choice(default: Any, choices: tuple | Callable[[], Any]) -> Any:
 
 def registry_choices(module: str, name: str) -> Callable[[], list[str]]:
     """The names registered in `module.name` (a `veripo.registry.Registry`), looked up when a value is
-    checked. Imported then, not when the config module loads: the registries of losses and estimators
-    live beside their torch code, and importing torch takes seconds that a config error should not wait
-    for when the section is not given."""
+    checked, without importing torch: the live registry when `module` is already imported (names a plugin
+    registered count), else the names declared in `veripo.config.names.DECLARED`, else (a torch-free
+    registry) the module imported then. See `veripo.config.names` for the pattern."""
 
     def names() -> list[str]:
-        return getattr(importlib.import_module(module), name).names()
+        return registry_names(module, name)
 
+    names.registry = f"{module}.{name}"  # type: ignore[attr-defined]  (for the drift test)
     return names
+
+
+def registry_names(module: str, name: str) -> list[str]:
+    """The sorted names of registry `module.name`; see `registry_choices`."""
+    from veripo.config.names import DECLARED
+
+    mod = sys.modules.get(module)
+    if mod is not None and hasattr(mod, name):
+        return getattr(mod, name).names()
+    declared = DECLARED.get(f"{module}.{name}")
+    if declared is not None:
+        return sorted(declared)
+    return getattr(importlib.import_module(module), name).names()
+
+
+def need(ok: bool, name: str, rule: str, value: Any) -> None:
+    """A section's range check: `ConfigError` ``"NAME RULE, got VALUE"`` keyed by the field's `name`
+    (`from_dict` turns it into the dotted key, ``grpo.lr must be a finite number > 0, got -1.0``)."""
+    if not ok:
+        raise ConfigError(f"{name} {rule}, got {value!r}", name)
+
+
+def is_num(v: Any) -> bool:
+    """A finite int or float (not a bool, not NaN or infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

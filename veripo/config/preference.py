@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-from veripo.config.convert import choice, registry_choices
+from veripo.config.convert import ConfigError, choice, registry_choices, registry_names
+from veripo.config.names import SMOOTHED_PREFERENCE_LOSSES
 
 
 def _loss_spec(name: str):
-    """The registered `veripo.algos.PreferenceLoss`. Imported here, not at module level: the losses are
-    torch code, and the config must load without torch."""
+    """The registered `veripo.algos.PreferenceLoss` (imports the torch losses: for `hparams`, at run time)."""
     from veripo.algos.preference import PREFERENCE_LOSSES
 
     if name not in PREFERENCE_LOSSES:
@@ -19,8 +20,17 @@ def _loss_spec(name: str):
     return PREFERENCE_LOSSES.get(name)
 
 
+def _uses_label_smoothing(name: str) -> bool:
+    """Whether loss `name` reads label_smoothing, without importing torch: the live registry when the
+    losses are already imported (a plugin loss counts), else `veripo.config.names`."""
+    mod = sys.modules.get("veripo.algos.preference")
+    if mod is not None and name in mod.PREFERENCE_LOSSES:
+        return mod.PREFERENCE_LOSSES.get(name).uses_label_smoothing
+    return name in SMOOTHED_PREFERENCE_LOSSES
+
+
 def _fail(name: str, rule: str, value: Any) -> None:
-    raise ValueError(f"preference.{name} {rule}, got {value!r}")
+    raise ConfigError(f"preference.{name} {rule}, got {value!r}", f"preference.{name}")
 
 
 @dataclass(frozen=True)
@@ -54,14 +64,16 @@ class PreferenceConfig:
     shuffle: bool = True
 
     def __post_init__(self) -> None:
-        spec = _loss_spec(self.loss)
+        known = registry_names("veripo.algos", "PREFERENCE_LOSSES")
+        if self.loss not in known:
+            _fail("loss", f"must be one of {', '.join(known)}", self.loss)
         if self.beta is not None and not (isinstance(self.beta, (int, float)) and self.beta > 0):
             _fail("beta", "must be > 0 (or null for the loss's default)", self.beta)
         eps = self.label_smoothing
         if eps is not None:
-            if not spec.uses_label_smoothing and eps != 0:
-                _fail("label_smoothing", f"is used by robust, cdpo and leanpo only (loss={self.loss}); set it to null",
-                      eps)
+            if not _uses_label_smoothing(self.loss) and eps != 0:
+                users = ", ".join(SMOOTHED_PREFERENCE_LOSSES)
+                _fail("label_smoothing", f"is used by {users} only (loss={self.loss}); set it to null", eps)
             high_ok = eps <= 0.5 if self.loss == "cdpo" else eps < 0.5
             if not (0 <= eps and high_ok):
                 _fail("label_smoothing", "must be in [0, 0.5) ([0, 0.5] for cdpo)", eps)

@@ -6,13 +6,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from veripo.config.convert import ConfigError
+
 BACKENDS = ("vllm", "hf")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 WEIGHT_TRANSPORTS = ("auto", "inline", "file")
 
 
 def _fail(owner: str, name: str, message: str, value: Any) -> None:
-    raise ValueError(f"{owner}.{name} {message}, got {value!r}")
+    raise ConfigError(f"{owner}.{name} {message}, got {value!r}", name)  # from_dict: key rollout.NAME
 
 
 def _is_int(v: Any) -> bool:

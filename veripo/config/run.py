@@ -9,10 +9,11 @@ model loads. Sections owned by a subsystem live beside this file (``train``: `Tr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from veripo.config.convert import choice, from_dict, registry_choices
+from veripo.config.convert import ConfigError, choice, from_dict, is_int, is_num, need, registry_choices, registry_names
 from veripo.config.preference import PreferenceConfig
 from veripo.config.rollout import RolloutConfig
 from veripo.config.train import TrainConfig
@@ -20,6 +21,18 @@ from veripo.config.verifier import VerifierConfig
 from veripo.config.video import VideoConfig
 
 STAGES = ("sft", "grpo", "verify", "preference", "eval")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable's name (verify.api_key_env)
+
+
+def _positive(name: str, value: Any) -> None:
+    need(is_num(value) and value > 0, name, "must be a finite number > 0", value)
+
+
+def _int_at_least(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    rule = f"must be an integer >= {low}" + (" or null" if optional else "")
+    need(is_int(value) and value >= low, name, rule, value)
 
 
 def check_stages(stages: list[str]) -> None:
@@ -61,6 +74,10 @@ class ModelConfig:
     path: str = "smollm2-135m-instruct"
     chat_template: str | None = None  # override the tokenizer's template (a Jinja string)
 
+    def __post_init__(self):
+        need(isinstance(self.path, str) and self.path.strip() != "", "path",
+             "must name a model (a Hugging Face id or a local folder)", self.path)
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -73,10 +90,13 @@ class SynthConfig:
     test_fraction: float = 0.25
 
     def __post_init__(self):
-        if self.n < 2:
-            raise ValueError(f"data.synth.n must be >= 2, got {self.n}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"data.synth.test_fraction must be in (0, 1), got {self.test_fraction}")
+        _int_at_least("n", self.n, 2)
+        _int_at_least("seed", self.seed, 0)
+        need(is_num(self.difficulty) and 0.0 <= self.difficulty <= 1.0, "difficulty",
+             "must be in [0, 1] (0 easy, 1 hard)", self.difficulty)
+        need(is_int(self.frames) and 4 <= self.frames <= 256, "frames", "must be an integer in [4, 256]", self.frames)
+        need(is_num(self.test_fraction) and 0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)",
+             self.test_fraction)
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,10 @@ class DataConfig:
             raise ValueError("data: set use_caption or use_video (or both), else the model sees no video")
         if self.test is not None and self.train is None:
             raise ValueError("data.test is set but data.train is null. Fix: set data.train too, or neither")
+        for name in ("train", "test"):
+            v = getattr(self, name)
+            need(v is None or v.strip() != "", name, "must be a file path or null", v)
+        _int_at_least("max_prompt_tokens", self.max_prompt_tokens, 1)
 
 
 @dataclass(frozen=True)
@@ -108,8 +132,10 @@ class SFTConfig:
     warmup_steps: int = 2
 
     def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"sft: need steps >= 0, batch_size >= 1, lr > 0 (got {self.steps}, {self.batch_size}, {self.lr})")
+        _int_at_least("steps", self.steps, 0)
+        _int_at_least("batch_size", self.batch_size, 1)
+        _positive("lr", self.lr)
+        _int_at_least("warmup_steps", self.warmup_steps, 0)
 
 
 @dataclass(frozen=True)
@@ -146,6 +172,26 @@ class GRPOConfig:
             raise ValueError(f"grpo: need 0 < clip_low < 1 and clip_high > 0, got {self.clip_low}, {self.clip_high}")
         if self.temperature <= 0:
             raise ValueError(f"grpo.temperature must be > 0, got {self.temperature}")
+        # ranges of every other field (the checks above keep their messages)
+        need(is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        _positive("lr", self.lr)
+        if self.lr_after_first is not None:
+            _positive("lr_after_first", self.lr_after_first)
+        need(is_num(self.kl_coef) and self.kl_coef >= 0, "kl_coef", "must be >= 0 (0: no KL term)", self.kl_coef)
+        need(is_num(self.length_bonus) and self.length_bonus >= 0, "length_bonus", "must be >= 0 (0: off)",
+             self.length_bonus)
+        _int_at_least("length_min", self.length_min, 0)
+        _int_at_least("length_max", self.length_max, 1)
+        need(self.length_min <= self.length_max, "length_min",
+             f"must be <= length_max ({self.length_max}): the bonus window is length_min..length_max tokens",
+             self.length_min)
+        need(len(self.reward_weights) > 0, "reward_weights", "must weight at least one reward (e.g. {accuracy: 1.0})",
+             self.reward_weights)
+        known = registry_names("veripo.rewards", "REWARDS")
+        for name, w in self.reward_weights.items():
+            need(name in known, f"reward_weights.{name}", f"is not a registered reward (known: {', '.join(known)})",
+                 name)
+            need(is_num(w), f"reward_weights.{name}", "must be a finite number", w)
 
 
 @dataclass(frozen=True)
@@ -178,6 +224,18 @@ class VerifyConfig:
             raise ValueError("verify.mode=caption needs a judge: set verify.judge=vllm or openai")
         if self.last_steps is not None and self.last_steps < 1:
             raise ValueError(f"verify.last_steps must be >= 1 or null, got {self.last_steps}")
+        need(self.judge_model.strip() != "", "judge_model", "must name the judge's model", self.judge_model)
+        if self.base_url is not None:
+            need(re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.base_url) is not None, "base_url",
+                 "must be an http(s) URL such as http://127.0.0.1:8000/v1", self.base_url)
+        if not ENV_NAME.fullmatch(self.api_key_env):
+            # the value may be a pasted key: never echo it (and it never reaches config.yaml)
+            raise ConfigError("api_key_env must be the NAME of an environment variable that holds the key "
+                              f"(letters, digits, _; e.g. OPENAI_API_KEY), not the key itself; the value given "
+                              f"({len(self.api_key_env)} characters) is not shown. Fix: export MY_KEY=... and set "
+                              "verify.api_key_env=MY_KEY", "api_key_env")
+        _int_at_least("judge_max_tokens", self.judge_max_tokens, 1)
+        need(is_num(self.judge_gpus) and self.judge_gpus >= 0, "judge_gpus", "must be >= 0", self.judge_gpus)
 
 
 @dataclass(frozen=True)
@@ -191,8 +249,10 @@ class EvalConfig:
     judge: bool = True
 
     def __post_init__(self):
-        if self.max_tokens < 1 or (self.limit is not None and self.limit < 1):
-            raise ValueError("eval: max_tokens >= 1 and limit >= 1 (or null) are required")
+        _int_at_least("max_tokens", self.max_tokens, 1)
+        _int_at_least("limit", self.limit, 1, optional=True)
+        need(is_num(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0 (0: greedy)",
+             self.temperature)
 
 
 @dataclass(frozen=True)
@@ -208,6 +268,8 @@ class PruneConfig:
     def __post_init__(self):
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"prune.p must be in [0, 1], got {self.p}")
+        need(is_num(self.accuracy_threshold) and 0 < self.accuracy_threshold <= 1, "accuracy_threshold",
+             "must be in (0, 1]", self.accuracy_threshold)
 
 
 @dataclass(frozen=True)
@@ -260,6 +322,9 @@ class RayConfig:
     rollout_resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
+        _int_at_least("num_cpus", self.num_cpus, 1, optional=True)
+        if self.address is not None:
+            need(self.address.strip() != "", "address", "must be a Ray address (auto, HOST:PORT) or null", self.address)
         if self.trainer_workers < 1 or self.rollout_workers < 1 or self.reward_workers < 0:
             raise ValueError("ray: trainer_workers and rollout_workers must be >= 1, reward_workers >= 0")
         for role in ("trainer", "rollout"):
@@ -309,6 +374,9 @@ class LoggingConfig:
     progress: bool = True
     sample_every: int = 1  # print one sample rollout every N GRPO steps (0 = never)
 
+    def __post_init__(self):
+        _int_at_least("sample_every", self.sample_every, 0)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -338,6 +406,10 @@ class RunConfig:
         check_stages(self.stages)
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        need(self.name.strip() != "" and "/" not in self.name and self.name not in (".", ".."), "name",
+             "must be a plain folder name (no /)", self.name)
+        need(self.output_dir.strip() != "", "output_dir", "must be a folder path", self.output_dir)
+        _int_at_least("seed", self.seed, 0)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from veripo.config.convert import from_dict
+from veripo.config.convert import ConfigError, from_dict
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
 DTYPES = ("float32", "bfloat16")
@@ -17,7 +17,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 def _fail(cls: type, name: str, rule: str, value: Any) -> None:
-    raise ValueError(f"{cls.__name__}.{name} {rule}, got {value!r}")
+    raise ConfigError(f"{cls.__name__}.{name} {rule}, got {value!r}", name)  # from_dict: key train.NAME
 
 
 def _one_of(cls: type, name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -112,6 +112,10 @@ class TrainConfig:
             object.__setattr__(self, "lora", LoraConfig(**self.lora))
         elif self.lora is not None and not isinstance(self.lora, LoraConfig):
             _fail(cls, "lora", "must be None, a LoraConfig or a mapping of its fields", self.lora)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            _fail(cls, "seed", "must be an integer >= 0", self.seed)
+        if self.total_steps is not None and (not isinstance(self.total_steps, int) or self.total_steps < 1):
+            _fail(cls, "total_steps", "must be an integer >= 1 or None", self.total_steps)
         if self.logprob_chunk_size is not None and self.logprob_chunk_size < 1:
             _fail(cls, "logprob_chunk_size", "must be >= 1 or None", self.logprob_chunk_size)
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from veripo.data.records import Record, write_records
+from veripo.errors import DEBUG_ENV, UserError
 from veripo.registry import Registry
 
 GENERATOR_VERSION = "2"
@@ -769,7 +770,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = generate(args.out, args.n, seed=args.seed, difficulty=args.difficulty,
                            test_fraction=args.test_fraction, progress=args.progress, width=args.width,
                            height=args.height, frames=args.frames, fps=args.fps)
+    except UserError as e:  # one line, exit 2, like every entry point (VERIPO_DEBUG=1: with its traceback)
+        from veripo.entry import report
+
+        return report("veripo.data.synth", e)
     except (ValueError, RuntimeError, OSError) as e:  # bad values, an unplaceable scene, an unwritable --out
+        if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+            raise
         parser.error(str(e))
     split = summary["splits"]
     print(f"wrote {summary['n']} clips to {args.out}: {split['train']['n']} train, {split['test']['n']} test;"

@@ -28,6 +28,7 @@ from veripo import compat
 from veripo.config import RolloutConfig, RunConfig
 from veripo.data.records import LoadReport, RecordError, load_records
 from veripo.data.video import load_video
+from veripo.entry import debug_traceback, user_errors
 from veripo.eval.core import evaluate, format_summary, write_results
 from veripo.models import resolve_model
 from verifier.judge import JUDGES, ConsistencyJudge, JudgeError
@@ -173,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         setup = _Setup(args)
     except (RecordError, FileNotFoundError, ValueError) as e:
+        debug_traceback()
         print(f"error: {e}", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else default_out_dir(args.model)
@@ -207,9 +209,11 @@ def run(args: argparse.Namespace) -> int:
                           temperature=args.temperature, seed=args.seed, tokenizer=setup.tokenizer,
                           progress=progress)
     except JudgeError as e:
+        debug_traceback()
         print(f"judge error: {e}", file=sys.stderr)
         return 3
     except (RecordError, ValueError) as e:
+        debug_traceback()
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -234,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the table, not vLLM's start-up log (env wins)
     args = build_parser().parse_args(argv)
-    return run(args)
+    with user_errors("veripo.eval"):  # a user error: one line, exit 2 (VERIPO_DEBUG=1: with its traceback)
+        return run(args)
 
 
 if __name__ == "__main__":
