@@ -217,8 +217,8 @@ def read_json_records(path: str | os.PathLike) -> list[dict]:
                 raise BenchmarkError(f"{path}: not JSON (line {e.lineno}: {e.msg}) nor JSONL (line {n}). "
                                      "Fix: repair the file") from None
         data = rows
-    if isinstance(data, dict) and isinstance(data.get("results"), list):
-        data = data["results"]
+    if isinstance(data, dict):  # {"results": [...]} (Video-R1's outputs), or a one-line JSONL
+        data = data["results"] if isinstance(data.get("results"), list) else [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise BenchmarkError(f"{path}: expected a JSON list of objects (or {{\"results\": [...]}}). Fix: give a "
                              "benchmark file in VerIPO's or Video-R1's layout")
