@@ -321,17 +321,19 @@ def test_cli_score_merge_and_bad_input(tmp_path):
 # ---- real engine ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_vlm_answers_a_fixture_benchmark_end_to_end(tmp_path, synth_dir, tiny_vlm_dir):
-    """The tiny random Qwen2.5-VL on vLLM (CPU) sees each clip (2 fps, at most 4 frames) and answers the
-    Video-R1-layout fixture; every record is answered, scored by Video-R1's rules and summarised."""
+    """The tiny random Qwen2.5-VL on vLLM (CPU) sees each clip (2 fps, at most 2 frames) and answers the
+    first three records of the Video-R1-layout fixture (--limit 3); each is answered, scored by Video-R1's
+    rules and summarised."""
     out = tmp_path / "out"
     p = _cli("--model", tiny_vlm_dir, "--benchmark", str(FIX / "eval_videommmu.json"), "--video-root", synth_dir,
-             "--use-video", "--max-frames", "4", "--max-pixels", str(16 * 28 * 28), "--max-tokens", "8",
+             "--use-video", "--max-frames", "2", "--limit", "3", "--max-pixels", str(16 * 28 * 28), "--max-tokens", "8",
              "--temperature", "0", "--out", str(out), "--no-progress", timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert res["summary"]["n"] == 5 and res["summary"]["scorer"] == "video_r1"
-    assert res["meta"]["max_frames"] == 4 and res["meta"]["template"] == "video_r1"
+    assert res["summary"]["n"] == 3 and res["summary"]["scorer"] == "video_r1"
+    assert res["meta"]["max_frames"] == 2 and res["meta"]["template"] == "video_r1" and res["meta"]["limit"] == 3
     rows = [json.loads(x) for x in (out / SAMPLES).read_text().splitlines()]
-    assert [r["question_id"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [r["question_id"] for r in rows] == ["1", "2", "3"]
+    assert [r["problem_type"] for r in rows] == ["multiple choice", "numerical", "regression"]
     assert all(0 < r["tokens"] <= 8 and 0.0 <= r["score"] <= 1.0 for r in rows)
     assert "videommmu (video_r1 scoring)" in p.stdout
