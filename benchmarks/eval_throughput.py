@@ -97,8 +97,12 @@ def throughput(args) -> dict:
     def generate(reqs, s):
         return [g[0] for g in engine.generate(reqs, s, n=1)]
 
-    # warm-up (compilation, caches) outside the timings
+    # warm-up (compilation, caches, the scorers' imports) outside the timings
     engine.generate([GenerationRequest(prompt=prompts[items[0].qid])], sampling, n=1)
+    engine.llm.generate([prompts[items[0].qid]], bare_params, use_tqdm=False)
+    from veripo.eval.scoring import score_verIPO
+
+    score_verIPO("<answer>$3$</answer>", "3"), score_verIPO("<answer>B</answer>", "B")
     veripo_s, bare_s, acc = [], [], None
     for rep in range(args.repeats):
         t = time.perf_counter()
@@ -119,6 +123,7 @@ def throughput(args) -> dict:
         "veripo_records_per_s": _t95([len(items) / x for x in veripo_s]),
         "bare_records_per_s": _t95([len(items) / x for x in bare_s]),
         "overhead_seconds": _t95(over), "overhead_relative": _t95(rel),
+        "load_average": os.getloadavg(), "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))
     return result

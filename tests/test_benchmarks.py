@@ -206,6 +206,9 @@ def test_run_scores_and_summarises(tmp_path):
     assert s["missing_videos"] == 0 and "object_rel_direction (n=1)" in format_bench_table(s)
     res = json.loads((tmp_path / "one" / "results.json").read_text())
     assert res["summary"]["accuracy"] == s["accuracy"] and res["meta"]["template"] == "verIPO"
+    # `score` re-scores veripo's own samples.jsonl to the same figures (scorer and MRA read from the rows)
+    again, _ = score_predictions(tmp_path / "one" / SAMPLES)
+    assert again["accuracy"] == s["accuracy"] and again["by_category"] == s["by_category"]
 
 
 def test_shards_and_merge_equal_one_process(tmp_path):

@@ -30,7 +30,7 @@ from verifier.pairs import format_table
 
 RUN_FILE = "run.json"
 ROW_KEYS = ("index", "question_id", "category", "problem_type", "ground_truth", "model_output", "prediction",
-            "score", "finish_reason", "tokens")
+            "score", "finish_reason", "tokens", "scorer")
 # settings a resumed or merged run must share with the rows already written
 RUN_KEYS = ("benchmark_file", "benchmark", "template", "scorer", "model", "max_tokens", "temperature", "top_p",
             "use_video", "fps", "max_frames", "max_pixels")
@@ -118,7 +118,7 @@ def make_row(item: BenchItem, output: str, scorer: str, spec: BenchmarkSpec, fin
     return {"index": item.index, "question_id": item.qid, "category": item.category, "problem_type": item.kind,
             "ground_truth": item.answer if scorer == "verIPO" else item.ground_truth, "model_output": output,
             "prediction": prediction(output, scorer), "score": score_item(item, output, scorer, spec),
-            "finish_reason": finish_reason, "tokens": tokens}
+            "finish_reason": finish_reason, "tokens": tokens, "scorer": scorer}
 
 
 # ---- missing videos ----------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def score_predictions(path: str | os.PathLike, scorer: str | None = None, rules:
     rows = []
     for i, rec in enumerate(data):
         if "ground_truth" in rec and "model_output" in rec:
-            s = scorer or ("verIPO" if "problem_type" not in rec else "video_r1")
+            s = scorer or rec.get("scorer") or ("verIPO" if "problem_type" not in rec else "video_r1")
             q = rec.get("question") if isinstance(rec.get("question"), dict) else {}
             gt = str(rec["ground_truth"])
             ptype = rec.get("problem_type") or ("multiple choice" if gt.isalpha() else
@@ -279,7 +279,7 @@ def score_predictions(path: str | os.PathLike, scorer: str | None = None, rules:
             raise BenchmarkError(f"{path}: record {i} has keys {sorted(rec)[:12]}: not a predictions record (VerIPO: "
                                  "ground_truth + model_output; Video-R1: output + solution + problem_type; veripo: "
                                  "response + answer + problem_type). Fix: give a predictions file in one of these layouts")
-        score = score_output(s, output, gt, problem_type=ptype, mra=spec.mra)
+        score = score_output(s, output, gt, problem_type=ptype, mra=spec.mra or ptype == "regression")
         rows.append({"index": i, "question_id": qid, "category": category, "problem_type": ptype,
                      "ground_truth": gt, "model_output": output, "prediction": prediction(output, s),
                      "score": score, "scorer": s})
