@@ -56,8 +56,8 @@ def test_bad_benchmark_files_name_file_record_and_fix(tmp_path):
     with pytest.raises(BenchmarkError, match=r"record 1 \(q1\): 'answer' is missing"):
         load_benchmark(write([{"question_id": "q0", "question": "x", "answer": "A", "video_path": "a.mp4"},
                               {"question_id": "q1", "question": "x", "answer": "", "video_path": "a.mp4"}]))
-    with pytest.raises(BenchmarkError, match="repeats record 0"):
-        load_benchmark(write([{"question_id": "q", "question": "x", "answer": "A"}] * 2))
+    repeated, _ = load_benchmark(write([{"question_id": "q", "question": "x", "answer": "A"}] * 3))
+    assert [it.qid for it in repeated] == ["q", "q#1", "q#2"] and repeated[2].extra["source_question_id"] == "q"
     with pytest.raises(BenchmarkError, match="not JSON"):
         load_benchmark(write("[{\"question_id\": "))
     with pytest.raises(BenchmarkError, match="unknown problem_type 'essay'"):

@@ -128,7 +128,9 @@ def run_benchmark_cli(args: argparse.Namespace) -> int:
     from veripo.rollout import SamplingConfig, build_engine
 
     on_cpu = not torch.cuda.is_available()
-    max_len = max(args.max_model_len, longest + max_tokens)
+    # a clip costs at most ceil(frames / 2) * pixels / 28^2 tokens (Qwen2.5-VL merges 2 frames, 28x28 patches)
+    video_tokens = -(-max_frames // 2) * (max_pixels // (28 * 28)) if args.use_video else 0
+    max_len = max(args.max_model_len, longest + video_tokens + max_tokens)
     rcfg = RolloutConfig(backend=args.backend, dtype=args.dtype or ("float32" if on_cpu else "auto"),
                          max_model_len=max_len, enforce_eager=on_cpu, seed=args.seed, logprobs_mode="processed",
                          limit_mm_per_prompt={"video": 1, "image": 0} if args.use_video else None)

@@ -246,9 +246,12 @@ def load_benchmark(path: str | os.PathLike, rules: str | None = None) -> tuple[l
             raise BenchmarkError(f"{path}: record {i} is not in the {layout} layout of record 0 (keys "
                                  f"{sorted(rec)[:12]}). Fix: correct or remove it")
         item = _item(path, i, rec, layout, spec)
-        if item.qid in seen:
-            raise BenchmarkError(f"{path}: record {i}: id {item.qid!r} repeats record {seen[item.qid]}. Fix: make "
-                                 "ids unique (resume and merge match answers by id)")
-        seen[item.qid] = i
+        # resume and merge match answers by id; a repeated id (TOMATO's file has 62: different questions
+        # on one clip) gets its occurrence number, "0878-00#1", stable across runs of the same file
+        n = seen.get(item.qid, 0)
+        seen[item.qid] = n + 1
+        if n:
+            item.extra["source_question_id"] = item.qid
+            item.qid = f"{item.qid}#{n}"
         items.append(item)
     return items, spec
