@@ -8,8 +8,9 @@ throughput: SmolLM2-135M-Instruct (vLLM CPU build, float32) answers a VerIPO-lay
 from synthetic clips' captions (``veripo.data.synth``), with the VerIPO template. Per repeat it times
 (a) veripo's `run_benchmark` (requests, generation through veripo's engine, scoring, appending
 samples.jsonl, results.json) and (b) a bare ``vllm.LLM.generate`` of the same prompt strings with
-the same sampling parameters on the same engine, alternating a and b. Reports records/s for both and
-the overhead (a - b) with a t-based 95% interval over the repeats.
+the same sampling parameters on the same engine, alternating which goes first, after one untimed pass of
+every prompt through each (so both find the same prefix cache). Reports records/s for both and the
+overhead (a - b, per repeat pair) with a t-based 95% interval over the repeats.
 
 agreement: the cases of tests/test_benchmarks.py plus a grid of answer forms are scored by veripo
 (`score_verIPO`, `score_video_r1`) and by the published code itself: VerIPO's
@@ -97,23 +98,34 @@ def throughput(args) -> dict:
     def generate(reqs, s):
         return [g[0] for g in engine.generate(reqs, s, n=1)]
 
-    # warm-up (compilation, caches, the scorers' imports) outside the timings
-    engine.generate([GenerationRequest(prompt=prompts[items[0].qid])], sampling, n=1)
-    engine.llm.generate([prompts[items[0].qid]], bare_params, use_tqdm=False)
+    # warm-up outside the timings (compilation, caches, the scorers' imports): all prompts once through
+    # each path, so both then find the same prefix cache
+    engine.generate([GenerationRequest(prompt=prompts[it.qid]) for it in items], sampling, n=1)
+    engine.llm.generate([prompts[it.qid] for it in items], bare_params, use_tqdm=False)
     from veripo.eval.scoring import score_verIPO
 
     score_verIPO("<answer>$3$</answer>", "3"), score_verIPO("<answer>B</answer>", "B")
     veripo_s, bare_s, acc = [], [], None
-    for rep in range(args.repeats):
+
+    def run_veripo(rep: int) -> None:
+        nonlocal acc
         t = time.perf_counter()
         s = run_benchmark(items, spec, generate, lambda it: GenerationRequest(prompt=prompts[it.qid], request_id=it.qid),
                           tmp / f"run{rep}", scorer="verIPO", sampling=sampling, batch_size=len(items), progress=False)
         veripo_s.append(time.perf_counter() - t)
         acc = s["accuracy"]
+
+    def run_bare() -> None:
         t = time.perf_counter()
         outs = engine.llm.generate([prompts[it.qid] for it in items], bare_params, use_tqdm=False)
         bare_s.append(time.perf_counter() - t)
         assert len(outs) == len(items)
+
+    for rep in range(args.repeats):  # alternate which goes first (ABBA), so drift in load hits both
+        if rep % 2 == 0:
+            run_veripo(rep), run_bare()
+        else:
+            run_bare(), run_veripo(rep)
     engine.close()
     over = [a - b for a, b in zip(veripo_s, bare_s)]
     rel = [a / b - 1 for a, b in zip(veripo_s, bare_s)]
@@ -123,6 +135,7 @@ def throughput(args) -> dict:
         "veripo_records_per_s": _t95([len(items) / x for x in veripo_s]),
         "bare_records_per_s": _t95([len(items) / x for x in bare_s]),
         "overhead_seconds": _t95(over), "overhead_relative": _t95(rel),
+        "overhead_relative_median": sorted(rel)[len(rel) // 2],
         "load_average": os.getloadavg(), "cpus": os.cpu_count(),
     }
     print(json.dumps(result, indent=2))
