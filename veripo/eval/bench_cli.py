@@ -146,18 +146,22 @@ def run_benchmark_cli(args: argparse.Namespace) -> int:
     if progress:
         print(f"[eval] {spec.name}: {len(items)} items from {path} ({template} template, {scorer} scoring); "
               f"model {model_path}", file=sys.stderr, flush=True)
-    engine = build_engine(rcfg, model_path)
-    try:
-        def generate(requests, sampling_cfg):
-            return [group[0] for group in engine.generate(requests, sampling_cfg, n=1)]
+    engines: list = []  # built on the first batch: a finished run being re-summarised loads no model
 
+    def generate(requests, sampling_cfg):
+        if not engines:
+            engines.append(build_engine(rcfg, model_path))
+        return [group[0] for group in engines[0].generate(requests, sampling_cfg, n=1)]
+
+    try:
         summary = run_benchmark(items, spec, generate, make_request, out, scorer=scorer, sampling=sampling,
                                 run_meta=run_meta, missing=missing, batch_size=args.batch_size, progress=progress,
                                 meta={"model_path": model_path, "limit": args.limit, "shard": args.shard,
                                       "seed": args.seed, "argv": sys.argv[1:],
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     finally:
-        engine.close()
+        for engine in engines:
+            engine.close()
     print(format_bench_table(summary))
     print(f"results: {out / 'results.json'} (samples: {out / 'samples.jsonl'}) in "
           f"{time.perf_counter() - t_start:.1f}s")
