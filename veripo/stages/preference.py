@@ -47,6 +47,7 @@ from veripo.config import PreferenceConfig
 from veripo.config.video import VIDEO_R1
 from veripo.data import Record, build_messages
 from veripo.data.pairs import load_pair_file
+from veripo.data.records import LoadReport, MissingFileError, RecordError
 from veripo.data.rollouts import PreferencePair, read_pairs
 from veripo.data.video import load_video, processor_inputs
 from veripo.faults import fault_point
@@ -466,14 +467,26 @@ class PreferenceStage:
 
     def run(self, ctx: StageContext, out: Path, start_step: int) -> dict:
         c = ctx.cfg.preference
-        if c.pairs:
-            pairs = load_pair_file(c.pairs)
+        report = LoadReport()
+        if c.pairs:  # the user's file: bad lines skipped (counted, said) under data.skip_bad
+            path = Path(c.pairs)
+            pairs = load_pair_file(path, skip_bad=ctx.cfg.data.skip_bad, report=report)
         else:
             path = ctx.run.pairs(ctx.iteration)
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: no pair file. Fix: put verify before preference in stages, or "
-                                        "set preference.pairs=PATH (a verifier or LLaVA-Hound-style pair JSONL)")
-            pairs = read_pairs(path)
+                raise MissingFileError(f"{path}: no pair file. Fix: put verify before preference in stages, or "
+                                       "set preference.pairs=PATH (a verifier or LLaVA-Hound-style pair JSONL)")
+            pairs = read_pairs(path, skip_bad=ctx.cfg.data.skip_bad, report=report)
+        if not pairs:
+            what = (f"all {report.skipped} line(s) are bad and were skipped" if report.skipped else
+                    "the file has no pairs" + ("" if c.pairs else ": the verifier found no contrastive pair in this "
+                                               "iteration's rollouts (see its pairs.meta.json, prompts_without_pair)"))
+            raise RecordError(str(path), "<file>", f"no preference pairs to train on ({what})",
+                              "give preference.pairs a file with pairs" if c.pairs else
+                              "run more GRPO steps or relax the verifier (verify.* settings) so it finds pairs, or "
+                              "set preference.pairs=PATH")
+        print(f"veripo: preference: {len(pairs)} pairs from {path}"
+              + (f"; {report.summary()}" if report.skipped else ""))
         n_pairs = min(len(pairs), c.max_pairs) if c.max_pairs else len(pairs)
         total = c.total_steps(n_pairs) if n_pairs else 0
         # the optimizer and schedule: run_preference_stage sets them on a fresh start, once it knows the
@@ -490,5 +503,12 @@ class PreferenceStage:
                                        start_step=start_step, on_step_done=done,
                                        processor=ctx.prompts.processor if video else None,
                                        video_cfg=ctx.prompts.video_cfg if video else None)
+        if start_step == 0 and not history:
+            raise RecordError(str(path), "<file>", f"none of its {len(pairs)} pairs is usable by {c.loss} (every "
+                              "pair's chosen and rejected responses share no differing phrase)",
+                              "use pairs whose answers differ, or another preference.loss")
         ctx.progress.sync_weights()
-        return {"steps_done": start_step + len(history), "pairs": len(pairs)}
+        outputs = {"steps_done": start_step + len(history), "pairs": len(pairs)}
+        if report.skipped:
+            outputs.update(skipped_lines=report.skipped, skipped_errors=report.to_dict()["errors"])
+        return outputs
