@@ -157,11 +157,25 @@ def test_the_preference_stage_fails_on_an_empty_pair_file(tmp_path):
 
     empty = tmp_path / "pairs.jsonl"
     empty.write_text("")
-    with pytest.raises(RecordError, match=r"pairs\.jsonl:<file>: no preference pairs to train on \(the file has"):
+    with pytest.raises(RecordError, match=r"pairs\.jsonl:<file>: no preference pairs to train on \(the file is"):
         PreferenceStage().run(_ctx(tmp_path, preference={"pairs": str(empty)}), tmp_path, 0)
     empty.write_text("not json\n")
     with pytest.raises(RecordError, match=r"all 1 line\(s\) are bad"):
         PreferenceStage().run(_ctx(tmp_path, preference={"pairs": str(empty)}, data={"skip_bad": True}), tmp_path, 0)
+
+
+def test_a_verifier_round_without_pairs_is_said_and_recorded_not_trained(tmp_path, capsys):
+    from veripo.stages.preference import PreferenceStage
+
+    ctx = _ctx(tmp_path)
+    ctx.stage_id, begun = "iter0/preference", []
+    ctx.progress = SimpleNamespace(begin=lambda *a, **k: begun.append(a))
+    path = ctx.run.pairs(0)
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    outputs = PreferenceStage().run(ctx, tmp_path, 0)
+    assert outputs["steps_done"] == 0 and "verifier found no contrastive pair" in outputs["not_trained"]
+    assert "nothing to train" in capsys.readouterr().out and begun
 
 
 def test_the_report_lists_every_skip_the_manifest_records(tmp_path):
@@ -169,10 +183,12 @@ def test_the_report_lists_every_skip_the_manifest_records(tmp_path):
 
     man = {"inputs": {"data": {"skipped_lines": 2, "skipped_errors": ["train.jsonl:4:<json>: invalid JSON"]}},
            "stages": {"iter0/verify": {"done": True, "skipped_lines": 1, "verdicts_unknown": 3},
+                      "iter0/preference": {"done": True, "not_trained": "no pairs"},
                       "iter0/grpo": {"done": True}}}
     lines = skipped_input(man)
     assert lines[0].startswith("data (data.train / data.test): 2 bad line(s) skipped (first: train.jsonl:4")
     assert "iter0/verify: 1 bad line(s) skipped" in lines and any("3 judge repl" in x for x in lines)
+    assert "iter0/preference: nothing trained: no pairs" in lines
     assert skipped_input({"stages": {"iter0/grpo": {"done": True}}}) == [] and skipped_input(None) == []
 
 

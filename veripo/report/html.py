@@ -839,7 +839,7 @@ def _expects(data: RunView, name: str) -> bool:
 def skipped_input(manifest: dict | None) -> list[str]:
     """One line per input the run left out, from the manifest: the records ``data.skip_bad`` skipped
     (``inputs.data``), each stage's skipped lines (``skipped_lines`` / ``skipped_errors``), unreadable judge
-    verdicts and image records a vision run left out."""
+    verdicts, image records a vision run left out, and a preference stage that had nothing to train."""
     man = manifest if isinstance(manifest, dict) else {}
     out = []
 
@@ -854,6 +854,9 @@ def skipped_input(manifest: dict | None) -> list[str]:
         images = info.get("images_left_out")
         if isinstance(images, int) and images > 0:
             out.append(f"{name}: {images} image record(s) left out (the vision path takes video and text)")
+        reason = info.get("not_trained")
+        if isinstance(reason, str) and reason:
+            out.append(f"{name}: nothing trained: {reason}")
         unknown = info.get("verdicts_unknown")
         if isinstance(unknown, int) and unknown > 0:
             out.append(f"{name}: {unknown} judge reply(ies) unreadable as a verdict (counted as unknown)")
