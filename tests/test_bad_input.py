@@ -289,3 +289,22 @@ def test_the_openai_judge_takes_its_options_from_judge_kwargs_and_says_what_it_i
 def test_redact():
     assert redact(f"Bearer {CANARY} and {CANARY}", CANARY) == "Bearer [REDACTED] and [REDACTED]"
     assert redact("nothing", None, "") == "nothing"
+
+
+def test_a_line_torn_inside_a_multibyte_character_is_skipped_like_any_torn_line(tmp_path):
+    from veripo.run_dir import read_json_lines, truncate_jsonl
+
+    path = tmp_path / "rollouts.jsonl"
+    torn = json.dumps({"step": 1, "response": "caf\u00e9"}, ensure_ascii=False).encode()
+    path.write_bytes(b'{"step": 0}\n' + torn[: torn.index(b"\xc3") + 1])  # cut between the two bytes of the e
+    assert read_json_lines(path) == [{"step": 0}]
+    assert truncate_jsonl(path, lambda r: True) == 1 and path.read_text() == '{"step": 0}\n'
+
+
+def test_a_template_file_that_is_not_utf8_names_its_line(tmp_path):
+    from verifier.templates import PromptTemplate, TemplateError
+
+    path = tmp_path / "mine.txt"
+    path.write_bytes(b"[user]\nQuestion: {{question}}\nR\xe9ponse: {{answer}}\n")
+    with pytest.raises(TemplateError, match=r"mine\.txt:3: not UTF-8 text \(byte 0xe9\)"):
+        PromptTemplate.load(path)
