@@ -179,7 +179,7 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | RecordError
                 yield lineno, encoding_error(f"{path}:{lineno}", raw, e)
                 continue
             if text.strip():
-                yield lineno, text
+                yield lineno, text.rstrip("\r\n")
 
 
 def load_records(path: str | os.PathLike, skip_bad: bool = False, check_media: bool = False,
