@@ -105,11 +105,12 @@ class Loop:
         self.manifest.data["inputs"] = {"data": {"skipped_lines": data.skipped, "skipped_errors": data.skip_errors[:20],
                                                  "images_left_out": data.images_left_out}}
         self.manifest.save()
+        skipped = ""
+        if data.skipped:
+            first = "; ".join(e.split(". Fix:")[0] for e in data.skip_errors[:3])
+            skipped = f" ({data.skipped} bad record line(s) skipped by data.skip_bad, first: {first})"
         print(f"veripo: run {cfg.name} in {self.run.root}: {len(data.train)} train / {len(data.test)} "
-              f"test records" + (f" ({data.skipped} bad record line(s) skipped by data.skip_bad: "
-                                 f"{'; '.join(e.split('. Fix:')[0] for e in data.skip_errors[:3])}"
-                                 f"{' ...' if data.skipped > 3 else ''})" if data.skipped else "")
-              + f", model {model_path}, {cfg.iterations} iteration(s) of {cfg.stages}"
+              f"test records{skipped}, model {model_path}, {cfg.iterations} iteration(s) of {cfg.stages}"
               + (f"; resuming ({done} stage(s) done)" if done else ""))
         workers = launch_workers(cfg, model_path)
         return StageContext(cfg=cfg, run=self.run, workers=workers, data=data, tokenizer=tokenizer,

@@ -50,7 +50,7 @@ def all_bad_skipped(tmp: Path) -> Outcome:
 def skipped_and_said(tmp: Path) -> Outcome:
     path = records_file(tmp / "train.jsonl", n=8, raw={1: b"{oops", 4: json.dumps(record(4, solution="")).encode()})
     res = _run(tmp, path, "data.skip_bad=true", *QUICK_RUN)
-    return counted(res, ["2 bad record line(s) skipped", "train.jsonl:2"],
+    return counted(res, ["2 bad record line(s) skipped by data.skip_bad", "train.jsonl:2"],
                    [(tmp / "run" / "f" / "manifest.json", '"skipped_lines": 2')])
 
 
