@@ -7,6 +7,7 @@ import pytest
 from veripo.data.rollouts import Rollout
 from verifier import CaptionJudge, CaptionStats, ScriptedJudge, VerifierConfig, caption_pairs, parse_score, score_captions
 from verifier.caption_judge import BELOW_MARGIN, NO_CAPTION, SINGLE
+from verifier.judge import JudgeError
 
 REC = {"problem": "What does the red circle do?", "problem_type": "free-form", "data_type": "video",
        "path": "/clips/c1.mp4", "solution": "<answer>It moves from left to right.</answer>",
@@ -89,7 +90,14 @@ def test_ties_pick_the_earliest_best_and_the_latest_worst():
 
 def test_default_score_when_unreadable_and_not_cached(tmp_path):
     rs = [ro(0, "x"), ro(1, "y")]
-    backend = ScriptedJudge("I cannot tell.")
+    backend = ScriptedJudge(["I cannot tell.", "Score: 4"])
     result = score_captions(rs, CaptionJudge(backend, cache=tmp_path / "c.jsonl"))
-    assert result.scores == {"c1-0": 1.0, "c1-1": 1.0} and result.stats.parsed_by == {"default": 2}
+    assert result.scores == {"c1-0": 1.0, "c1-1": 4.0} and result.stats.parsed_by == {"default": 1, "score": 1}
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 1  # only the readable score is cached
+
+
+def test_a_judge_answering_only_garbage_fails_with_its_last_reply(tmp_path):
+    rs = [ro(0, "x"), ro(1, "y")]
+    with pytest.raises(JudgeError, match="none of its 2 replies could be read as a score.*I cannot tell"):
+        score_captions(rs, CaptionJudge(ScriptedJudge("I cannot tell."), cache=tmp_path / "c.jsonl"))
     assert not (tmp_path / "c.jsonl").exists() or (tmp_path / "c.jsonl").read_text() == ""

@@ -292,8 +292,9 @@ def test_openai_judge_errors_are_clear(standin_server):
     dead = OpenAIJudge(url, "m", transport_retries=0, timeout=5)
     with pytest.raises(JudgeError, match="unreachable.*--base-url"):
         dead.judge_batch([[{"role": "user", "content": "hi"}]])
-    with pytest.raises(ValueError, match="environment variable NAME"):
+    with pytest.raises(ValueError, match="NAME of an environment variable") as err:
         OpenAIJudge(url, "m", api_key_env="sk-abc-123")
+    assert "sk-abc-123" not in str(err.value)  # a pasted key is not echoed
     with pytest.raises(ValueError, match="base_url"):
         OpenAIJudge("localhost:8000", "m")
     assert "user:pw" not in OpenAIJudge("http://user:pw@127.0.0.1:9/v1", "m").judge_id

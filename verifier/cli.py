@@ -23,6 +23,7 @@ from veripo.config import ConfigError, VerifierConfig
 from veripo.data.records import LoadReport, RecordError, load_records
 from veripo.data.rollouts import read_rollouts, write_pairs
 from veripo.entry import debug_traceback, user_errors
+from veripo.errors import UserError
 from veripo.run_dir import write_json, write_jsonl
 from verifier.caption_judge import CaptionJudge
 from verifier.judge import JUDGES, ConsistencyJudge, JudgeError
@@ -78,6 +79,10 @@ def _load_inputs(args: argparse.Namespace) -> tuple[list, Any, int]:
     rollouts = read_rollouts(args.rollouts, skip_bad=args.skip_bad, report=report)
     for err in report.errors:
         print(f"skipped: {err}", file=sys.stderr)
+    if not rollouts:
+        what = f"all {report.skipped} line(s) were bad and skipped" if report.skipped else "it has no rollout lines"
+        raise RecordError(str(args.rollouts), "<file>", f"no rollouts to verify ({what})",
+                          "pass the rollouts.jsonl a GRPO stage wrote (one rollout per line)")
     records = None
     if args.data:
         rec_report = LoadReport()
@@ -87,6 +92,9 @@ def _load_inputs(args: argparse.Namespace) -> tuple[list, Any, int]:
         report.skipped += rec_report.skipped
     if args.last_round:
         rollouts = last_round(rollouts)
+    if report.skipped:
+        print(f"veripo: verifier: {report.skipped} bad line(s) skipped (--skip-bad); see the lines above",
+              file=sys.stderr)
     return rollouts, records, report.skipped
 
 
@@ -153,13 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.judge_max_tokens < 1:
                 raise ConfigError(f"--judge-max-tokens must be >= 1, got {args.judge_max_tokens}", "--judge-max-tokens")
             meta = (run_pairs if args.command == "pairs" else run_score)(args, config)
-        except (RecordError, ConfigError, TemplateError, FileNotFoundError, ValueError) as e:
-            debug_traceback()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except JudgeError as e:
+        except JudgeError as e:  # a UserError too: the judge's own exit code
             debug_traceback()
             print(f"judge error: {e}", file=sys.stderr)
             return 3
-    print(f"wrote {meta['stats']['pairs']} pairs to {args.out} in {time.perf_counter() - start:.1f}s")
+        except (UserError, RecordError, ConfigError, TemplateError, FileNotFoundError, ValueError) as e:
+            debug_traceback()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    skipped = meta["stats"].get("skipped_lines") or 0
+    print(f"wrote {meta['stats']['pairs']} pairs to {args.out} in {time.perf_counter() - start:.1f}s"
+          + (f"; {skipped} bad input line(s) skipped" if skipped else ""))
     return 0

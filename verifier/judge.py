@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar, runtime_checkable
 
 from veripo import compat
+from veripo.errors import UserError
 from veripo.models import resolve_model
 from veripo.registry import Registry
 from verifier.templates import Messages, PromptTemplate
@@ -43,8 +44,22 @@ VERDICTS = (CONSISTENT, INCONSISTENT, UNKNOWN, SKIPPED)
 DEFAULT_JUDGE_MODEL = "smollm2-135m-instruct"
 
 
-class JudgeError(RuntimeError):
-    """A judge backend failed (server unreachable, HTTP error, wrong number of replies)."""
+class JudgeError(UserError, RuntimeError):
+    """A judge backend failed (server unreachable, HTTP error, a reply that is not the API's JSON, wrong
+    number of replies, no reply readable as a verdict); the message names the endpoint and the fix."""
+
+
+REDACTED = "[REDACTED]"
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every occurrence of each secret (an API key) replaced by ``[REDACTED]``."""
+    for secret in secrets:
+        if secret and secret.strip():
+            text = text.replace(secret, REDACTED)
+            if secret.strip() != secret:
+                text = text.replace(secret.strip(), REDACTED)
+    return text
 
 
 @runtime_checkable
@@ -200,14 +215,14 @@ class VerdictCache:
         self._entries: dict[str, Any] = {}
         self.ignored = 0
         if self.path.is_file():
-            with open(self.path, encoding="utf-8") as f:
+            with open(self.path, "rb") as f:
                 for line in f:
                     if not line.strip():
                         continue
                     try:
-                        obj = json.loads(line)
+                        obj = json.loads(line.decode("utf-8"))
                         self._entries[obj["key"]] = obj["value"]
-                    except (json.JSONDecodeError, KeyError, TypeError):
+                    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                         self.ignored += 1
 
     def __len__(self) -> int:
@@ -415,7 +430,10 @@ class OpenAIJudge:
                  temperature: float = 0.0, timeout: float = 120.0, concurrency: int = 8,
                  continue_final_message: bool = False, transport_retries: int = 2, show_progress: bool = False):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):
-            raise ValueError(f"OpenAIJudge: api_key_env must be an environment variable NAME, got {api_key_env!r}")
+            # not echoed: a value that is not a name is often the key itself, pasted by mistake
+            raise ValueError(f"OpenAIJudge: api_key_env must be the NAME of an environment variable (letters, "
+                             f"digits, _), got a {len(api_key_env)}-character value that is not one (not shown: it "
+                             "may be the key itself). Fix: export the key as e.g. OPENAI_API_KEY and pass that name")
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"OpenAIJudge: base_url must be http(s)://host[:port]/path, got {base_url!r}")
@@ -432,12 +450,19 @@ class OpenAIJudge:
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.judge_id!r}, api_key_env={self.api_key_env!r})"
 
+    def _key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
+        key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    def _error(self, message: str) -> JudgeError:
+        """A `JudgeError` whose message never holds the API key (a server may echo the request's headers)."""
+        return JudgeError(redact(message, self._key()))
 
     def _one(self, messages: Messages) -> str:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
@@ -450,22 +475,30 @@ class OpenAIJudge:
             req = urllib.request.Request(url, data=data, headers=self._headers(), method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
+                    raw, ctype = resp.read(), resp.headers.get("Content-Type", "")
                 break
             except urllib.error.HTTPError as e:
                 detail = e.read()[:300].decode("utf-8", "replace")
                 if e.code < 500 or attempt == self.transport_retries:
-                    raise JudgeError(f"judge endpoint {url}: HTTP {e.code}: {detail}") from None
+                    raise self._error(f"judge endpoint {url}: HTTP {e.code}: {detail}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 if attempt == self.transport_retries:
-                    raise JudgeError(f"judge endpoint {url} unreachable: {e}. Fix: check --base-url and that "
-                                     "the server is running") from None
+                    raise self._error(f"judge endpoint {url} unreachable: {e}. Fix: check --base-url "
+                                      "(verify.base_url) and that the server is running") from None
             time.sleep(0.5 * 2 ** attempt)
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            start = " ".join(raw[:120].decode("utf-8", "replace").split())
+            raise self._error(f"judge endpoint {url} answered HTTP 200 with {ctype or 'no content type'} that is "
+                              f"not the API's JSON (it starts {start!r}). Fix: base_url must be the root of an "
+                              "OpenAI-compatible API, e.g. http://HOST:8000/v1, not a web page") from None
         try:
             content = payload["choices"][0]["message"].get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise JudgeError(f"judge endpoint {url}: unexpected reply shape: {str(payload)[:300]}") from None
-        return content or ""
+            raise self._error(f"judge endpoint {url}: unexpected reply shape: {str(payload)[:300]}") from None
+        # the reply goes into logs, error messages and reports: never with the key in it
+        return redact(content, self._key()) if content else ""
 
     def judge_batch(self, requests: list[Messages]) -> list[str]:
         if not requests:
@@ -499,15 +532,26 @@ def _make_vllm(*, model: str | None = None, max_tokens: int = 32, show_progress:
                      **engine_kwargs)
 
 
+OPENAI_OPTIONS = ("temperature", "timeout", "concurrency", "transport_retries")
+
+
 @JUDGES.register("openai")
 def _make_openai(*, model: str | None = None, max_tokens: int = 32, show_progress: bool = False,
                  base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 continue_final_message: bool = False) -> JudgeBackend:
-    """`OpenAIJudge` on the endpoint `base_url` serving `model` (both required)."""
+                 continue_final_message: bool = False, **options: Any) -> JudgeBackend:
+    """`OpenAIJudge` on the endpoint `base_url` serving `model` (both required). `options` (a recipe's
+    ``verify.judge_kwargs``) may set the client's temperature, timeout, concurrency and transport_retries;
+    anything else there is a vLLM engine option (a recipe written for the vllm judge), which an endpoint
+    has no use for: it is left out, and said so."""
     if not base_url or not model:
         raise ValueError("the openai judge needs --base-url and --judge-model")
+    ignored = sorted(k for k in options if k not in OPENAI_OPTIONS)
+    if ignored:
+        print(f"veripo: verify.judge_kwargs {', '.join(ignored)} ignored: the openai judge takes only "
+              f"{', '.join(OPENAI_OPTIONS)} (the others are vLLM engine options)")
+    kwargs = {k: v for k, v in options.items() if k in OPENAI_OPTIONS}
     return OpenAIJudge(base_url, model, api_key_env=api_key_env, max_tokens=max_tokens,
-                       show_progress=show_progress, continue_final_message=continue_final_message)
+                       show_progress=show_progress, continue_final_message=continue_final_message, **kwargs)
 
 
 @JUDGES.register("none")

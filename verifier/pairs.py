@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from veripo.data.rollouts import PreferencePair, Rollout
+from veripo.data.rollouts import PreferencePair, Rollout, same_sides
 
 from verifier.checks import Checks
 from veripo.config import VerifierConfig
@@ -34,6 +34,7 @@ NO_ACCURATE = "no accurate rollout"
 NO_CHOSEN = "no eligible chosen"
 NO_REJECTED = "no rejected candidate"
 NO_QUESTION = "no question text"
+IDENTICAL = "chosen and rejected identical"
 
 
 @dataclass
@@ -63,6 +64,7 @@ class PairStats:
     inconsistency_rate: float | None = None
     accurate_inconsistency_rate: float | None = None
     skipped_lines: int = 0
+    identical_dropped: int = 0  # candidate pairs whose two sides had the same text
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -83,6 +85,8 @@ class PairStats:
         rows += [(f"verdict {v}", str(c)) for v, c in sorted(self.verdicts.items())]
         rows += [("inconsistency rate", pct(self.inconsistency_rate)),
                  ("  among accurate", pct(self.accurate_inconsistency_rate))]
+        if self.identical_dropped:
+            rows.append(("identical pairs dropped", str(self.identical_dropped)))
         if self.skipped_lines:
             rows.append(("bad lines skipped", str(self.skipped_lines)))
         return rows
@@ -268,6 +272,13 @@ def build_pairs(rollouts: Sequence[Rollout], checks: Mapping[str, Checks] | Sequ
         conf = _confidences(checked)
         cands = [_Cand(r, ch, _verdict_str(verdict_map.get(r.rollout_id)), cf) for (r, ch), cf in zip(checked, conf)]
         triples, reason, detail = pairs_for_prompt(cands, config)
+        same = [t for t in triples if same_sides(t[1].rollout.response, t[2].rollout.response,
+                                                 t[1].rollout.token_ids, t[2].rollout.token_ids)]
+        if same:  # two samples with the same text (a pair file reader rejects such a pair): counted, not kept
+            st.identical_dropped += len(same)
+            triples = [t for t in triples if t not in same]
+            if not triples and reason is None:
+                reason, detail = IDENTICAL, "the only candidate pair(s) had the same text on both sides"
         if reason is None and not question:
             triples, reason, detail = [], NO_QUESTION, "no record with a \"problem\" for this problem_id"
         if reason is not None:

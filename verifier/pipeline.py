@@ -13,7 +13,7 @@ from veripo.data.rollouts import PreferencePair, Rollout
 from verifier.caption_judge import CaptionJudge, CaptionStats, caption_items, caption_pairs
 from verifier.checks import Checks, Tokenizer, check_rollout, parse_response
 from veripo.config import VerifierConfig
-from verifier.judge import SKIPPED, ConsistencyJudge, JudgeItem, Verdict
+from verifier.judge import SKIPPED, UNKNOWN, ConsistencyJudge, JudgeError, JudgeItem, Verdict
 from verifier.pairs import PairStats, build_pairs, question_of
 
 
@@ -80,9 +80,23 @@ def judge_rollouts(rollouts: Sequence[Rollout], checks: Mapping[str, Checks], re
         parsed = parse_response(r.response)
         targets.append(r)
         items.append(JudgeItem(question, parsed.reasoning, parsed.answer or "", r.response))
-    for r, v in zip(targets, judge.judge(items)):
+    judged = judge.judge(items)
+    for r, v in zip(targets, judged):
         verdicts[r.rollout_id] = v
+    if judged and all(v.verdict == UNKNOWN for v in judged):
+        raise unreadable_judge(judge.judge_id, len(judged), judged[-1].reply, "a verdict",
+                               "answers \"Verdict: consistent\" or \"Verdict: inconsistent\"")
     return verdicts
+
+
+def unreadable_judge(judge_id: str | None, n: int, last_reply: str, what: str, form: str) -> JudgeError:
+    """A judge none of whose `n` replies could be read: the run would make pairs from nothing (every rollout
+    ``unknown``), so it stops, showing the last reply. A few unreadable replies among good ones are
+    counted (``verdict unknown``) and reported instead."""
+    return JudgeError(f"judge {judge_id}: none of its {n} replies could be read as {what}; its last reply was "
+                      f"{last_reply[:300]!r}. Fix: use a judge model that follows the prompt template (it "
+                      f"{form}), raise the judge's max_tokens (verify.judge_max_tokens / --judge-max-tokens), or "
+                      "check that base_url serves the model you named")
 
 
 def verify(rollouts: Sequence[Rollout], *, records: Mapping[str, Any] | Iterable[Record] | None = None,
@@ -126,6 +140,8 @@ def score_captions(rollouts: Sequence[Rollout], judge: CaptionJudge, *,
     items = caption_items(rollouts, recs)
     ids = list(items)
     results = judge.score([items[i] for i in ids])
+    if results and all(s.how == "default" for s in results):
+        raise unreadable_judge(judge.judge_id, len(results), results[-1].reply, "a score", "answers \"Score: N\"")
     scores = {i: s.score for i, s in zip(ids, results)}
     for s in results:
         st.parsed_by[s.how] = st.parsed_by.get(s.how, 0) + 1

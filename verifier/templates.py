@@ -72,7 +72,14 @@ class PromptTemplate:
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.txt")))
             raise TemplateError(f"no prompt template {str(name_or_path)!r}; bundled: {known}, or give a file path")
-        return cls.from_text(path.read_text(encoding="utf-8"), name=path.stem)
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise TemplateError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}). Fix: save the template "
+                                "as UTF-8") from None
+        return cls.from_text(text, name=path.stem)
 
     def require(self, names: set[str]) -> None:
         """Fail unless every placeholder is one of `names` (a typo in a template file)."""

@@ -101,8 +101,16 @@ class Loop:
         metrics = MetricsLogger(self.run.root, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                                 run_name=cfg.name)
         done = self.manifest.stages_done()
+        # data.skip_bad: what was left out is said here and kept in the manifest (the report shows it)
+        self.manifest.data["inputs"] = {"data": {"skipped_lines": data.skipped, "skipped_errors": data.skip_errors[:20],
+                                                 "images_left_out": data.images_left_out}}
+        self.manifest.save()
+        skipped = ""
+        if data.skipped:
+            first = "; ".join(e.split(". Fix:")[0] for e in data.skip_errors[:3])
+            skipped = f" ({data.skipped} bad record line(s) skipped by data.skip_bad, first: {first})"
         print(f"veripo: run {cfg.name} in {self.run.root}: {len(data.train)} train / {len(data.test)} "
-              f"test records, model {model_path}, {cfg.iterations} iteration(s) of {cfg.stages}"
+              f"test records{skipped}, model {model_path}, {cfg.iterations} iteration(s) of {cfg.stages}"
               + (f"; resuming ({done} stage(s) done)" if done else ""))
         workers = launch_workers(cfg, model_path)
         return StageContext(cfg=cfg, run=self.run, workers=workers, data=data, tokenizer=tokenizer,

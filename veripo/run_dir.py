@@ -103,7 +103,9 @@ def append_jsonl(path: str | os.PathLike, items: Iterable[Any]) -> Path:
 def _parse_lines(path: Path) -> tuple[list[dict], int]:
     """The JSON objects of a JSONL file and the number of non-blank lines (torn ones included)."""
     rows, lines = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # a crash can tear a line inside a multi-byte character: decoded with replacement, such a line is
+    # simply not JSON (skipped like any torn line) instead of a UnicodeDecodeError for the whole file
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         lines += 1

@@ -9,7 +9,8 @@
   (``question`` may stand for ``prompt``; ``answer``, ``chosen_score`` and ``rejected_score`` are optional;
   ``video`` is resolved against `video_root`, else the file's folder). A malformed line raises an
   error naming ``file:line:field`` and the fix (or is skipped and counted with ``skip_bad``);
-- `load_pair_file`: either layout, told apart by the first line (``pair_id`` means the verifier's);
+- `load_pair_file`: either layout, told apart by the first line that is a JSON object (``pair_id`` means
+  the verifier's; a malformed line before it does not decide);
 - self-generated pairs from a `veripo.rollout.RolloutEngine` (docs/algorithms.md section 5):
   `rrpo_perturbation_pairs` (answers on a perturbed video that are wrong become y-, the same response
   with the ground-truth answer y+) and `leanpo_pairs` (y+ answered with the reference answer as a
@@ -35,13 +36,14 @@ import torch
 from torch import Tensor
 
 from veripo.data.prompts import build_messages, build_prompt
-from veripo.data.records import LoadReport, Record
-from veripo.data.rollouts import PreferencePair, RolloutError, read_jsonl, read_pairs
+from veripo.data.records import LoadReport, MissingFileError, Record, RecordError, iter_lines
+from veripo.data.rollouts import PreferencePair, RolloutError, check_distinct, read_jsonl, read_pairs
 from veripo.rewards import accuracy_reward
 from veripo.rollout import GenerationRequest, SamplingConfig
 
 __all__ = [
     "augment_caption", "augment_frames", "external_pair_from_dict", "leanpo_pairs", "load_pair_file", "mask_frames",
+    "pair_file_layout",
     "perturb_caption", "read_external_pairs", "read_pairs", "rrpo_perturbation_pairs", "shuffle_frames",
     "with_answer",
 ]
@@ -106,10 +108,11 @@ def external_pair_from_dict(obj: Any, where: str = "<pair>",
     known = {"id", "prompt", "question", "chosen", "rejected", "video", "chosen_score", "rejected_score", "answer"}
     extra = {"source": "external", **({"answer": answer} if answer is not None else {}),
              **{k: v for k, v in obj.items() if k not in known}}
-    return PreferencePair(pair_id=pid, problem_id=pid, type="caption", prompt=prompt or "Describe the video.",
-                          chosen=chosen, rejected=rejected, chosen_id=f"{pid}:chosen", rejected_id=f"{pid}:rejected",
-                          chosen_score=_score(obj, where, "chosen_score"),
-                          rejected_score=_score(obj, where, "rejected_score"), video_path=video, extra=extra)
+    return check_distinct(PreferencePair(
+        pair_id=pid, problem_id=pid, type="caption", prompt=prompt or "Describe the video.", chosen=chosen,
+        rejected=rejected, chosen_id=f"{pid}:chosen", rejected_id=f"{pid}:rejected",
+        chosen_score=_score(obj, where, "chosen_score"), rejected_score=_score(obj, where, "rejected_score"),
+        video_path=video, extra=extra), where)
 
 
 def read_external_pairs(path: str | os.PathLike, video_root: str | os.PathLike | None = None, skip_bad: bool = False,
@@ -119,23 +122,29 @@ def read_external_pairs(path: str | os.PathLike, video_root: str | os.PathLike |
                       report=report, id_field="pair_id")
 
 
+def pair_file_layout(path: str | os.PathLike) -> str | None:
+    """``"verifier"`` (lines carry ``pair_id``) or ``"external"`` (LLaVA-Hound), told by the first line that
+    is a JSON object (a malformed first line does not decide it); None when no line is one."""
+    for _, line in iter_lines(path):
+        if isinstance(line, RecordError):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return "verifier" if "pair_id" in obj else "external"
+    return None
+
+
 def load_pair_file(path: str | os.PathLike, video_root: str | os.PathLike | None = None, skip_bad: bool = False,
                    report: LoadReport | None = None) -> list[PreferencePair]:
-    """A pair file in either layout: the verifier's (its lines carry ``pair_id``) or the external one."""
+    """A pair file in either layout (`pair_file_layout`): the verifier's (its lines carry ``pair_id``) or the
+    external one. Every line is then read in that layout: a line of the other one is an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such pair file. Fix: check preference.pairs")
-    first = ""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                first = line
-                break
-    try:
-        verifier = isinstance(json.loads(first), dict) and "pair_id" in json.loads(first)
-    except json.JSONDecodeError:
-        verifier = False  # the reader reports the bad line
-    if verifier:
+        raise MissingFileError(f"{path}: no such pair file. Fix: check preference.pairs")
+    if pair_file_layout(path) == "verifier":
         return read_pairs(path, skip_bad=skip_bad, report=report)
     return read_external_pairs(path, video_root=video_root, skip_bad=skip_bad, report=report)
 

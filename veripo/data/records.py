@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from veripo.errors import UserError
 from veripo.rewards.parsing import extract_answer
@@ -34,6 +34,10 @@ class RecordError(UserError, ValueError):
     def __init__(self, where: str, field_name: str, problem: str, fix: str):
         self.where, self.field, self.problem, self.fix = where, field_name, problem, fix
         super().__init__(f"{where}:{field_name}: {problem}. Fix: {fix}")
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """An input file that is not there (or not a file); the message names it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,45 @@ class Record:
 
 @dataclass
 class LoadReport:
-    """What `load_records(..., skip_bad=True)` skipped: the count and one message per bad line."""
+    """What a reader with ``skip_bad=True`` skipped: the count and one message per bad line."""
 
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+
+    def summary(self, limit: int = 3) -> str:
+        """``"N bad line(s) skipped (first: file:line:field: ...)"``; '' when nothing was skipped."""
+        if not self.skipped:
+            return ""
+        first = "; ".join(e.split(". Fix:")[0] for e in self.errors[:limit])
+        return f"{self.skipped} bad line(s) skipped" + (f" (first: {first})" if first else "")
+
+    def to_dict(self, limit: int = 20) -> dict[str, Any]:
+        """What a manifest records: the count and the first `limit` messages."""
+        return {"skipped": self.skipped, "errors": self.errors[:limit]}
+
+
+def encoding_error(where: str, line: bytes, err: UnicodeDecodeError) -> RecordError:
+    """The `RecordError` for a `line` that is not UTF-8 (`err` from decoding it): names the byte and its column."""
+    return RecordError(where, "<encoding>", f"not UTF-8 text (byte 0x{line[err.start]:02x} at column {err.start + 1})",
+                       "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`), or skip bad lines "
+                       "with the skip flag (data.skip_bad=true / --skip-bad)")
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | RecordError]]:
+    """``(line number, text)`` for every non-blank line of a text file, decoded as UTF-8 one line at a time
+    (a byte-order mark on the first line is dropped), so one bad byte costs one line: such a line comes as
+    ``(line number, RecordError)`` naming ``file:line`` and the byte, for the caller to raise or skip."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, encoding_error(f"{path}:{lineno}", raw, e)
+                continue
+            if text.strip():
+                yield lineno, text.rstrip("\r\n")
 
 
 def load_records(path: str | os.PathLike, skip_bad: bool = False, check_media: bool = False,
@@ -153,23 +192,35 @@ def load_records(path: str | os.PathLike, skip_bad: bool = False, check_media: b
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file. Fix: check the path (data.train / data.test)"
+        raise MissingFileError(f"{path}: no such data file. Fix: check the path (data.train / data.test)"
                                 " or generate the synthetic set with `python -m veripo.data.synth --out DIR`")
     base_dir = path.parent
-    text = path.read_text(encoding="utf-8")
     entries: list[tuple[str, Any]] = []
     bad: list[RecordError] = []
-    if path.suffix == ".json" and text.lstrip().startswith("["):
+    if path.suffix == ".json" and _starts_with_list(path):
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:  # one JSON document: a bad byte spoils all of it, no line to skip
+            for lineno, line in enumerate(raw.splitlines(), start=1):
+                try:
+                    line.decode("utf-8-sig")
+                except UnicodeDecodeError as e:
+                    raise encoding_error(f"{path}:{lineno}", line, e) from None
+            raise
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
             raise RecordError(f"{path}:{e.lineno}", "<json>", f"invalid JSON ({e.msg})", "fix the JSON syntax") from e
         entries = [(f"{path}:item {i}", obj) for i, obj in enumerate(items)]
     else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
+        for lineno, line in iter_lines(path):
             where = f"{path}:{lineno}"
+            if isinstance(line, RecordError):
+                if not skip_bad:
+                    raise line
+                bad.append(line)
+                continue
             try:
                 entries.append((where, json.loads(line)))
             except json.JSONDecodeError as e:
@@ -201,6 +252,11 @@ def load_records(path: str | os.PathLike, skip_bad: bool = False, check_media: b
         report.skipped += len(bad)
         report.errors.extend(str(e) for e in bad)
     return records
+
+
+def _starts_with_list(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
 
 
 def write_records(path: str | os.PathLike, records: list[Record]) -> None:

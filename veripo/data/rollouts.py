@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from veripo.config.verifier import PAIR_TYPES
-from veripo.data.records import LoadReport, RecordError
+from veripo.data.records import LoadReport, MissingFileError, Record, RecordError, iter_lines
 from veripo.run_dir import append_jsonl, truncate_jsonl, write_jsonl
 
 FINISH_REASONS = ("stop", "length")
 
 __all__ = [
     "FINISH_REASONS", "PAIR_TYPES", "LoadReport", "PreferencePair", "Rollout", "RolloutError",
-    "append_rollouts", "read_jsonl", "read_pairs", "read_rollouts", "write_jsonl", "write_pairs",
-    "write_rollouts",
+    "append_rollouts", "check_distinct", "read_jsonl", "read_pairs", "read_rollouts", "same_sides", "write_jsonl",
+    "write_pairs", "write_rollouts",
 ]
 
 
@@ -189,9 +189,22 @@ class Rollout:
             iteration=_int(obj.get("iteration", 0), where, "iteration"),
             sample_index=_int(obj.get("sample_index", 0), where, "sample_index"),
             mean_logprob=_float(obj.get("mean_logprob"), where, "mean_logprob", optional=True),
-            record=_dict(obj.get("record"), where, "record"),
+            record=_embedded_record(obj, where),
             extra={k: v for k, v in obj.items() if k not in known},
         )
+
+
+def _embedded_record(obj: dict, where: str) -> dict | None:
+    """A rollout's ``record``, validated as `load_records` validates a data line (``problem_id`` defaults
+    to the rollout's, ``data_type`` to ``text``, since the rollout file may carry a shortened record)."""
+    rec = _dict(obj.get("record"), where, "record")
+    if rec is None:
+        return None
+    try:
+        Record.from_dict({"problem_id": obj.get("problem_id"), "data_type": "text", **rec}, where=where)
+    except RecordError as e:
+        raise RolloutError(where, f"record.{e.field}", e.problem, e.fix) from None
+    return rec
 
 
 @dataclass(frozen=True)
@@ -262,7 +275,7 @@ class PreferencePair:
             return None if val is None else _str(val, where, name)
 
         known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(
+        return check_distinct(cls(
             pair_id=_str_id(_req(obj, where, "pair_id", "give every pair a unique id"), where, "pair_id"),
             problem_id=_str_id(_req(obj, where, "problem_id", "set the prompt's record id"), where, "problem_id"),
             type=ptype,
@@ -284,7 +297,25 @@ class PreferencePair:
             video_path=opt_str("video_path"),
             record=_dict(obj.get("record"), where, "record"),
             extra={k: v for k, v in obj.items() if k not in known},
-        )
+        ), where)
+
+
+def same_sides(chosen: str, rejected: str, chosen_ids: tuple[int, ...] = (),
+               rejected_ids: tuple[int, ...] = ()) -> bool:
+    """Whether a pair's two sides are one response: the same text and, when both sides carry token ids,
+    the same ids (a response cut at max_tokens has the text of its finished twin but not its EOS)."""
+    if chosen.strip() != rejected.strip():
+        return False
+    return not (chosen_ids and rejected_ids) or tuple(chosen_ids) == tuple(rejected_ids)
+
+
+def check_distinct(pair: PreferencePair, where: str) -> PreferencePair:
+    """`pair` when its two sides differ (`same_sides`); a pair whose chosen equals its rejected teaches nothing
+    (its loss has no gradient) and hints at a broken pair file, so it is an error naming `where`."""
+    if same_sides(pair.chosen, pair.rejected, pair.chosen_token_ids, pair.rejected_token_ids):
+        raise RolloutError(where, "rejected", "is the same text as \"chosen\" (a pair must differ)",
+                           "drop the pair or fix the file that made it")
+    return pair
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,34 +334,33 @@ def read_jsonl(path: str | os.PathLike, from_dict: Callable[[Any, str], T], skip
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file. Fix: check the path")
+        raise MissingFileError(f"{path}: no such file. Fix: check the path")
     out: list[T] = []
     seen: dict[str, str] = {}
     bad: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    for lineno, line in iter_lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            if isinstance(line, RecordError):  # not UTF-8
+                raise line
             try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RolloutError(where, "<json>", f"invalid JSON at column {e.colno} ({e.msg})",
-                                       "write one complete JSON object per line") from e
-                item = from_dict(obj, where)
-                if id_field is not None:
-                    key = getattr(item, id_field)
-                    if key in seen:
-                        raise RolloutError(where, id_field, f"duplicate id {key!r} (first at {seen[key]})",
-                                           f"give every line a unique {id_field}")
-                    seen[key] = where
-            except RecordError as err:
-                if not skip_bad:
-                    raise
-                bad.append(str(err))
-                continue
-            out.append(item)
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RolloutError(where, "<json>", f"invalid JSON at column {e.colno} ({e.msg})",
+                                   "write one complete JSON object per line") from e
+            item = from_dict(obj, where)
+            if id_field is not None:
+                key = getattr(item, id_field)
+                if key in seen:
+                    raise RolloutError(where, id_field, f"duplicate id {key!r} (first at {seen[key]})",
+                                       f"give every line a unique {id_field}")
+                seen[key] = where
+        except RecordError as err:
+            if not skip_bad:
+                raise
+            bad.append(str(err))
+            continue
+        out.append(item)
     if report is not None:
         report.skipped += len(bad)
         report.errors.extend(bad)

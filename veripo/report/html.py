@@ -836,6 +836,41 @@ def _expects(data: RunView, name: str) -> bool:
     return not order or any(s.split("/")[-1].split("_")[0] == name for s in order)
 
 
+def skipped_input(manifest: dict | None) -> list[str]:
+    """One line per input the run left out, from the manifest: the records ``data.skip_bad`` skipped
+    (``inputs.data``), each stage's skipped lines (``skipped_lines`` / ``skipped_errors``), unreadable judge
+    verdicts, image records a vision run left out, and a preference stage that had nothing to train."""
+    man = manifest if isinstance(manifest, dict) else {}
+    out = []
+
+    def lines(name: str, info: Any) -> None:
+        if not isinstance(info, dict):
+            return
+        n = info.get("skipped_lines")
+        if isinstance(n, int) and n > 0:
+            errors = [e for e in info.get("skipped_errors") or [] if isinstance(e, str)]
+            first = "; ".join(errors[:3])
+            out.append(f"{name}: {n} bad line(s) skipped" + (f" (first: {first})" if first else ""))
+        images = info.get("images_left_out")
+        if isinstance(images, int) and images > 0:
+            out.append(f"{name}: {images} image record(s) left out (the vision path takes video and text)")
+        reason = info.get("not_trained")
+        if isinstance(reason, str) and reason:
+            out.append(f"{name}: nothing trained: {reason}")
+        unknown = info.get("verdicts_unknown")
+        if isinstance(unknown, int) and unknown > 0:
+            out.append(f"{name}: {unknown} judge reply(ies) unreadable as a verdict (counted as unknown)")
+
+    inputs = man.get("inputs")
+    if isinstance(inputs, dict):
+        lines("data (data.train / data.test)", inputs.get("data"))
+    stages = man.get("stages")
+    if isinstance(stages, dict):
+        for name, info in stages.items():
+            lines(str(name), info)
+    return out
+
+
 def build_report(run_dir: str | os.PathLike) -> Report:
     """Read the run folder and render the report page (nothing is written)."""
     t0 = time.perf_counter()
@@ -896,6 +931,10 @@ def build_report(run_dir: str | os.PathLike) -> Report:
     if missing:
         body.append("<div class=\"missing\"><b>Not there yet</b><ul>" + "".join(f"<li>{esc(m)}</li>" for m in missing)
                     + "</ul></div>")
+    skips = skipped_input(data.manifest)
+    if skips:
+        body.append("<div class=\"problems\"><b>Input left out (skipped under a skip flag)</b><ul>"
+                    + "".join(f"<li>{esc(m)}</li>" for m in skips) + "</ul></div>")
     if data.problems:
         body.append("<div class=\"problems\"><b>Problems reading the run</b><ul>"
                     + "".join(f"<li>{esc(m)}</li>" for m in data.problems) + "</ul></div>")

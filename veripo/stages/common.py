@@ -24,7 +24,7 @@ import torch
 
 from veripo.config import RunConfig
 from veripo.data import PromptStyle, Record, build_messages, load_records
-from veripo.data.records import LoadReport
+from veripo.data.records import LoadReport, RecordError
 from veripo.data.synth import generate
 from veripo.data.video import VideoStats, load_video, processor_inputs
 from veripo.rollout import GenerationRequest
@@ -221,6 +221,7 @@ class RunRecords:
     test: list[Record]
     skipped: int = 0
     images_left_out: int = 0  # image records of a vision run (GenerationRequest carries videos only)
+    skip_errors: list[str] = field(default_factory=list)  # one message per skipped line (data.skip_bad)
 
 
 def load_run_records(cfg: RunConfig, run: RunDir) -> RunRecords:
@@ -245,5 +246,8 @@ def load_run_records(cfg: RunConfig, run: RunDir) -> RunRecords:
         if images:
             print(f"veripo: {images} image records left out: the vision path takes video records (and text) only")
     if not train:
-        raise ValueError(f"{train_path}: no usable records. Fix: check data.train")
-    return RunRecords(train=train, test=test, skipped=report.skipped, images_left_out=images)
+        raise RecordError(str(train_path), "<file>", "no usable records" + (
+            f" (all {report.skipped} line(s) were bad and skipped by data.skip_bad)" if report.skipped else ""),
+            "check data.train")
+    return RunRecords(train=train, test=test, skipped=report.skipped, images_left_out=images,
+                      skip_errors=report.errors)

@@ -47,6 +47,7 @@ from veripo.config import PreferenceConfig
 from veripo.config.video import VIDEO_R1
 from veripo.data import Record, build_messages
 from veripo.data.pairs import load_pair_file
+from veripo.data.records import LoadReport, MissingFileError, RecordError
 from veripo.data.rollouts import PreferencePair, read_pairs
 from veripo.data.video import load_video, processor_inputs
 from veripo.faults import fault_point
@@ -466,14 +467,32 @@ class PreferenceStage:
 
     def run(self, ctx: StageContext, out: Path, start_step: int) -> dict:
         c = ctx.cfg.preference
-        if c.pairs:
-            pairs = load_pair_file(c.pairs)
+        report = LoadReport()
+        if c.pairs:  # the user's file: bad lines skipped (counted, said) under data.skip_bad
+            path = Path(c.pairs)
+            pairs = load_pair_file(path, skip_bad=ctx.cfg.data.skip_bad, report=report)
         else:
             path = ctx.run.pairs(ctx.iteration)
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: no pair file. Fix: put verify before preference in stages, or "
-                                        "set preference.pairs=PATH (a verifier or LLaVA-Hound-style pair JSONL)")
-            pairs = read_pairs(path)
+                raise MissingFileError(f"{path}: no pair file. Fix: put verify before preference in stages, or "
+                                       "set preference.pairs=PATH (a verifier or LLaVA-Hound-style pair JSONL)")
+            pairs = read_pairs(path, skip_bad=ctx.cfg.data.skip_bad, report=report)
+        if not pairs and (c.pairs or report.skipped):
+            # the user's own file, or one whose every line is bad: a mistake to fix, not a run to "complete"
+            what = f"all {report.skipped} line(s) are bad and were skipped" if report.skipped else "the file is empty"
+            raise RecordError(str(path), "<file>", f"no preference pairs to train on ({what})",
+                              "give preference.pairs a file with pairs" if c.pairs else
+                              "rerun this iteration's verify stage (delete its folder and its manifest entry)")
+        if not pairs:
+            # the verifier's own output: finding no contrastive pair in a round is an outcome (small or early
+            # runs), so the loop goes on with the policy unchanged, said here and kept in the manifest
+            reason = ("the verifier found no contrastive pair in this iteration's rollouts (see "
+                      f"{path.with_name('pairs.meta.json')}, stats.prompts_without_pair)")
+            print(f"veripo: preference: nothing to train: {reason}; the policy goes on unchanged")
+            ctx.progress.begin(ctx.stage_id, out, 0, lr=None)
+            return {"steps_done": 0, "pairs": 0, "not_trained": reason}
+        print(f"veripo: preference: {len(pairs)} pairs from {path}"
+              + (f"; {report.summary()}" if report.skipped else ""))
         n_pairs = min(len(pairs), c.max_pairs) if c.max_pairs else len(pairs)
         total = c.total_steps(n_pairs) if n_pairs else 0
         # the optimizer and schedule: run_preference_stage sets them on a fresh start, once it knows the
@@ -490,5 +509,16 @@ class PreferenceStage:
                                        start_step=start_step, on_step_done=done,
                                        processor=ctx.prompts.processor if video else None,
                                        video_cfg=ctx.prompts.video_cfg if video else None)
+        unusable = (f"none of the {len(pairs)} pairs is usable by {c.loss} (no differing phrase between chosen and "
+                    "rejected)")
+        if start_step == 0 and not history and c.pairs:
+            raise RecordError(str(path), "<file>", unusable,
+                              "use pairs whose answers differ, or another preference.loss")
         ctx.progress.sync_weights()
-        return {"steps_done": start_step + len(history), "pairs": len(pairs)}
+        outputs = {"steps_done": start_step + len(history), "pairs": len(pairs)}
+        if start_step == 0 and not history:
+            print(f"veripo: preference: nothing to train: {unusable}; the policy goes on unchanged")
+            outputs["not_trained"] = unusable
+        if report.skipped:
+            outputs.update(skipped_lines=report.skipped, skipped_errors=report.to_dict()["errors"])
+        return outputs

@@ -21,6 +21,7 @@ from veripo.faults import fault_point
 from veripo.workers.placement import (ActorSlot, PlacementPlan, actor_options, check_rollout_devices, cluster_nodes,
                                       create_placement_groups, plan_placement, probe_options, remove_placement_groups)
 from veripo.workers.plain import JudgeWorker, RewardScorer, RolloutWorker, TrainerWorker, rendezvous_address
+from veripo.errors import UserError
 from verifier.judge import JUDGES
 
 # ray is imported inside the functions that use it: importing ray adds ray/thirdparty_files to sys.path and
@@ -325,14 +326,24 @@ class RemoteJudge:
         JUDGES.get(backend)  # an unknown name fails here, listing the known ones, before an actor starts
         cls = ray.remote(JudgeWorker).options(num_cpus=0, num_gpus=gpus)
         self.actor = cls.remote(backend, model, max_tokens, options, threads)
-        info = ray.get(self.actor.info.remote())
+        info = self._get(self.actor.info.remote())
         self.judge_id, self.supports_prefill = info["judge_id"], info["supports_prefill"]
         self.workers = [self.actor]
 
-    def judge_batch(self, requests: list) -> list[str]:
+    @staticmethod
+    def _get(ref):
+        """``ray.get`` that re-raises a user error of the judge (endpoint, reply, option) as itself: its one
+        message, not Ray's wrapper with the actor's traceback."""
         import ray
 
-        return ray.get(self.actor.judge_batch.remote(requests))
+        try:
+            return ray.get(ref)
+        except UserError as e:
+            cause = getattr(e, "cause", None)
+            raise (cause if isinstance(cause, UserError) else e) from None
+
+    def judge_batch(self, requests: list) -> list[str]:
+        return self._get(self.actor.judge_batch.remote(requests))
 
 
 @dataclass
