@@ -399,3 +399,22 @@ def test_config_choices_come_from_the_registries():
         RunConfig.from_dict({"grpo": {"rollout_correction_c": 1.0}})
     with pytest.raises(ConfigError, match="grpo.max_rounds"):
         RunConfig.from_dict({"grpo": {"max_rounds": 0}})
+
+
+def test_report_plots_mismatch_and_dynamic_sampling_only_when_logged():
+    from veripo.report.html import _grpo_plots, _Plotter
+
+    base = [{"reward_mean": 0.1 * i, "response_tokens_mean": 40.0, "truncated_frac": 0.0, "iteration": 0,
+             "_step": i, "step": i} for i in range(4)]
+    titles = {}
+    for name, extra in [("plain", {}), ("mismatch", {"mismatch_ratio_mean": 1.01, "mismatch_ratio_max": 1.4,
+                                                     "mismatch_corrected_frac": 0.0, "mismatch_kl_k3": 1e-4}),
+                        ("ds", {"ds_rounds": 2, "ds_groups_seen": 8, "ds_informative_groups": 3,
+                                "ds_filled_groups": 1})]:
+        p = _Plotter()
+        with p.style():
+            _grpo_plots(p, [{**r, **extra} for r in base], [])
+        titles[name] = {t for t, _ in p.plots}
+    assert "GRPO rollout/trainer mismatch" in titles["mismatch"] - titles["plain"]
+    assert "GRPO dynamic sampling" in titles["ds"] - titles["plain"]
+    assert not any("mismatch" in t or "dynamic" in t for t in titles["plain"])
