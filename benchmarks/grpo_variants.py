@@ -104,9 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="/tmp/grpo_variants")
     ap.add_argument("--model", default=None, help="HF folder to start from (default: a 2-step SFT cold start)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--merge", default=None, help="comma-separated --out folders of earlier (parallel) runs: "
+                    "combine their summary.json into --out and plot, running nothing")
     a = ap.parse_args(argv)
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if a.merge:
+        parts = [json.loads((Path(d) / "summary.json").read_text()) for d in a.merge.split(",")]
+        summary = {**parts[0], "variants": {k: v for p in parts for k, v in p["variants"].items()}}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot(summary, out / "grpo_variants.png")
+        print(f"wrote {out / 'summary.json'} and {out / 'grpo_variants.png'}")
+        return
     model = Path(a.model).resolve() if a.model else cold_start(out)
     summary = {"seed": 0, "steps": a.steps, "model": str(model), "variants": {}}
     for name in a.variants.split(","):

@@ -161,9 +161,10 @@ class GRPOConfig:
             raise ValueError(f"grpo.temperature must be > 0, got {self.temperature}")
         if not self.rollout_correction_c > 1.0:
             raise ValueError(f"grpo.rollout_correction_c must be > 1 (ratios outside [1/C, C] are corrected), "
-                             f"got {self.rollout_correction_c}")
+                             f"got {self.rollout_correction_c}. Fix: e.g. grpo.rollout_correction_c=2.0")
         if self.max_rounds < 1:
-            raise ValueError(f"grpo.max_rounds must be >= 1 (rounds of dynamic sampling per step), got {self.max_rounds}")
+            raise ValueError(f"grpo.max_rounds must be >= 1 (rounds of dynamic sampling per step), got {self.max_rounds}. "
+                             "Fix: e.g. grpo.max_rounds=3")
         if not 0 <= self.overlong_buffer <= self.max_tokens:
             raise ValueError(f"grpo.overlong_buffer must be in [0, grpo.max_tokens={self.max_tokens}], "
                              f"got {self.overlong_buffer}. Fix: e.g. grpo.overlong_buffer={self.max_tokens // 4}")
