@@ -302,7 +302,7 @@ class GRPOStep:
             batch = batch.with_fields(ref_logp=self.workers.reference.logprobs(batch))
         mismatch: dict[str, float] = {}
         if g.rollout_correction is not None:
-            batch, mismatch = self._correct_mismatch(batch, flat)
+            batch, mismatch = self._correct_mismatch(batch, flat, response_ids)
         t1 = time.perf_counter()
         train_metrics = self.workers.trainer.train_step(batch, self.loss)
         t_train = time.perf_counter() - t1
@@ -374,10 +374,11 @@ class GRPOStep:
         return _Round(flat, shuffled, scores, shuffled_scores, rewards, bonus, temporal_metrics, overlong,
                       len(records))
 
-    def _correct_mismatch(self, batch, flat):
+    def _correct_mismatch(self, batch, flat, response_ids):
         """The trainer's log-probs before the update (``old_logp``) against the engine's log-probs of the
         sampled tokens: `veripo.algos.rollout_correction`'s weights go to the batch as ``extras["is_weight"]``;
-        returns the batch and the step's mismatch metrics."""
+        returns the batch and the step's mismatch metrics. A response whose placeholder tokens were padded
+        out (`_trainable_responses`: advantage 0) is not what the engine sampled: it counts as ratio 1."""
         g = self.cfg
         old = self.workers.trainer.logprobs(batch)
         roll = torch.zeros_like(old)
@@ -388,6 +389,9 @@ class GRPOStep:
                                  f"{len(s.token_ids)} tokens. Fix: keep the engine's log-probs on (rollout.logprobs_mode"
                                  " processed or raw), or set grpo.rollout_correction=null")
             start = len(p.token_ids)
+            if list(response_ids[b]) != list(s.token_ids):
+                roll[b] = old[b]
+                continue
             roll[b, start:start + len(s.logprobs)] = torch.tensor(s.logprobs, dtype=roll.dtype)
         w, metrics = rollout_correction(old, roll, batch.loss_mask, g.rollout_correction,
                                         g.rollout_correction_level, g.rollout_correction_c)
