@@ -221,7 +221,8 @@ def test_policy_loss_random_matches_loop_reference(dual, agg):
 
 def test_policy_loss_registry():
     assert A.get_policy_loss("vanilla") is A.policy_loss
-    with pytest.raises(ValueError, match="known: vanilla"):
+    assert A.get_policy_loss("ppo_clip") is A.policy_loss
+    with pytest.raises(ValueError, match="known: cispo, gspo, gspo_token, ppo_clip, vanilla"):
         A.get_policy_loss("gspo?")
 
 

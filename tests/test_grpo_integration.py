@@ -33,7 +33,8 @@ def finished_loop(tmp_path_factory):
     data.update(name="it", output_dir=str(tmp_path_factory.mktemp("runs")), stages=["sft", "grpo"])
     # a short cold start leaves the format half learnt, so GRPO has a reward to climb within a few steps
     data["sft"].update(steps=SFT_STEPS, batch_size=4, lr=1e-4)
-    data["grpo"].update(steps=STEPS, prompts_per_step=PROMPTS, group_size=GROUP, max_tokens=48, lr=3e-5)
+    data["grpo"].update(steps=STEPS, prompts_per_step=PROMPTS, group_size=GROUP, max_tokens=48, lr=3e-5,
+                        rollout_correction="monitor")  # old log-probs from the trainer, mismatch logged, weights 1
     data["logging"].update(tensorboard=True, progress=False)
     loop = Loop(RunConfig.from_dict(data))
     loop.keep_workers = True
@@ -52,6 +53,17 @@ def test_reward_rises_over_grpo_steps(finished_loop):
     rewards = [r["reward_mean"] for r in rows]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first, f"reward did not rise: {rewards}"
+
+
+def test_old_and_rollout_logprobs_line_up_with_the_trained_tokens(finished_loop):
+    # grpo.rollout_correction=monitor: the trainer's old log-probs (one forward before the update) and the
+    # engine's sampled-token log-probs sit on the same positions as the loss's log-probs. A shift by one
+    # token would put ratios orders of magnitude from 1; the same weights in bf16 autocast (trainer) and
+    # float32 (engine) differ by little.
+    for r in finished_loop.metrics.read("grpo"):
+        assert r["train/ratio_mean"] == pytest.approx(1.0, abs=0.02), r  # PPO ratio: same weights, before update
+        assert 0.9 < r["mismatch_ratio_mean"] < 1.1 and r["mismatch_kl_k3"] < 0.05, r
+        assert r["mismatch_ratio_max"] >= r["mismatch_ratio_mean"] and 0 <= r["mismatch_corrected_frac"] <= 1
 
 
 def test_every_rollout_is_written_with_its_reward_and_advantage(finished_loop):

@@ -13,7 +13,7 @@ from veripo.run import recipes_dir
 
 RECIPES = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 VL_RECIPES = [r for r in RECIPES if r.startswith("qwen2_5_vl_")]
-METHODS = ("veripo", "rrpo", "leanpo", "llava_hound_dpo", "t_grpo")
+METHODS = ("veripo", "rrpo", "leanpo", "llava_hound_dpo", "t_grpo", "veripo_gspo", "veripo_dapo")
 
 
 def compose(name: str, overrides: list[str] | None = None) -> dict:
@@ -53,7 +53,8 @@ def test_vl_recipes_carry_the_papers_settings(runs, name):
     assert run.model.path == f"Qwen/Qwen2.5-VL-{size.upper()}-Instruct"
     g, p = run.grpo, run.preference
     assert g.prompts_per_step * g.group_size == 64 and g.group_size == 8  # VerIPO's GRPO batch
-    assert g.lr == 1e-6 and g.temperature == 1.0 and g.kl_coef == 0.04 and g.kl_kind == "k3"
+    assert g.lr == 1e-6 and g.temperature == 1.0 and g.kl_coef == (0.0 if name.endswith("dapo") else 0.04)
+    assert g.kl_kind == "k3"
     assert p.lr == 5e-7 and p.batch_size == 32
     assert p.hparams().beta == (2.0 if p.loss == "leanpo" else 0.1)
     d = run.data
@@ -82,7 +83,7 @@ def test_vl_recipes_split_evenly_and_fit_an_8_gpu_node(runs, name):
 @pytest.mark.parametrize("size", ["3b", "7b"])
 def test_each_method_is_what_its_name_says(runs, size):
     r = {m: runs[f"qwen2_5_vl_{size}_{m}"] for m in METHODS}
-    for m in ("veripo", "rrpo", "leanpo"):
+    for m in ("veripo", "rrpo", "leanpo", "veripo_gspo", "veripo_dapo"):
         assert r[m].stages == ["grpo", "eval", "verify", "preference", "eval"] and r[m].iterations == 4
     assert (r["veripo"].preference.loss, r["rrpo"].preference.loss, r["leanpo"].preference.loss) == \
         ("sigmoid", "rrpo", "leanpo")
@@ -92,6 +93,20 @@ def test_each_method_is_what_its_name_says(runs, size):
     t = r["t_grpo"]
     assert t.stages == ["grpo", "eval"] and t.grpo.temporal and t.grpo.length_bonus == 0.2
     assert not any(x.grpo.temporal for m, x in r.items() if m != "t_grpo")
+    gspo, dapo = r["veripo_gspo"].grpo, r["veripo_dapo"].grpo
+    assert (gspo.policy_loss, gspo.clip_low, gspo.clip_high) == ("gspo", 3e-4, 4e-4)
+    assert dapo.dynamic_sampling and dapo.overlong_buffer == 256 and (dapo.clip_low, dapo.clip_high) == (0.2, 0.28)
+    assert dapo.agg == "token-mean" and dapo.kl_coef == 0.0
+    assert all(x.grpo.policy_loss == "vanilla" and not x.grpo.dynamic_sampling
+               for m, x in r.items() if m not in ("veripo_gspo", "veripo_dapo"))
+
+
+@pytest.mark.parametrize("preset", ["gspo", "dapo"])
+def test_presets_apply_to_any_recipe_and_overrides_still_win(preset):
+    run = RunConfig.from_dict(compose("smollm2_cpu", [f"+preset={preset}", "grpo.clip_high=0.3"]))
+    assert run.grpo.clip_high == 0.3
+    assert run.grpo.policy_loss == ("gspo" if preset == "gspo" else "vanilla")
+    assert run.grpo.dynamic_sampling == (preset == "dapo")
 
 
 def test_data_paths_follow_veripo_data(monkeypatch):

@@ -81,11 +81,12 @@ def test_registered_names():
     from veripo.rewards import REWARDS
     from verifier.judge import JUDGES
 
-    assert A.ADV_ESTIMATORS.names() == ["drgrpo", "grpo"]
+    assert A.ADV_ESTIMATORS.names() == ["drgrpo", "grpo", "reinforce_pp", "rloo"]
     assert A.KL_ESTIMATORS.names() == ["abs", "k1", "k2", "k3"]
     assert A.AGG_MODES.names() == ["seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
                                    "token-mean"]
-    assert A.POLICY_LOSSES.names() == ["vanilla"]
+    assert A.POLICY_LOSSES.names() == ["cispo", "gspo", "gspo_token", "ppo_clip", "vanilla"]
+    assert A.ROLLOUT_CORRECTIONS.names() == ["mis", "monitor", "tis"]
     assert A.PREFERENCE_LOSSES.names() == ["cdpo", "hinge", "ipo", "leanpo", "robust", "rrpo", "sigmoid", "simpo"]
     assert {"accuracy", "format"} <= set(REWARDS.names())
     assert JUDGES.ordered_names() == ["vllm", "openai", "none"]

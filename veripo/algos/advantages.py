@@ -4,7 +4,9 @@
   with ``index_add_`` over groups (no Python loop over groups);
 - `temporal_bonus`: the T-GRPO reward bonus for ordered-frame rollouts (Video-R1);
 - `prune_easy`, `group_all_correct`: VerIPO's easy-sample pruning between GRPO rounds;
-- the advantage-estimator registry: ``get_adv_estimator("grpo" | "drgrpo")``.
+- `rloo_advantages`, `reinforce_pp_advantages` (docs/algorithms.md §6.1);
+- DAPO helpers: `informative_groups` (dynamic sampling), `overlong_penalty` (overlong reward shaping);
+- the advantage-estimator registry: ``get_adv_estimator("grpo" | "drgrpo" | "rloo" | "reinforce_pp")``.
 
 Shapes: B rollouts; ``group_ids`` names each rollout's prompt (G rollouts share one id).
 """
@@ -122,6 +124,93 @@ def _grpo(rewards: Tensor, group_ids: GroupIds, *, eps: float = 1e-6) -> Tensor:
 def _drgrpo(rewards: Tensor, group_ids: GroupIds, *, eps: float = 1e-6) -> Tensor:
     """Dr. GRPO: mean-centred group advantages without std normalisation (`eps` unused)."""
     return grpo_advantages(rewards, group_ids, eps=eps, norm_by_std=False)
+
+
+@register_adv_estimator("rloo")
+def rloo_advantages(rewards: Tensor, group_ids: GroupIds, *, eps: float = 1e-6) -> Tensor:
+    """RLOO: each rollout's reward minus the mean of the OTHER rollouts of its group (docs/algorithms.md
+    §6.1; reference: verl ``compute_rloo_outcome_advantage``, TRL RLOO).
+
+    ``A_i = r_i - (sum_g r - r_i) / (n_g - 1)`` for a group of n_g >= 2 rollouts, which equals
+    ``n_g / (n_g - 1) * (r_i - mean_g r)``; a group of one rollout has no baseline and gets 0. `eps` is
+    unused (kept for the estimator signature).
+
+    Args:
+        rewards: Tensor[B]; group_ids: Tensor[B] of ints or a length-B sequence of hashables.
+    Returns:
+        Tensor[B] in rewards' float dtype.
+    """
+    r_B = _as_float(rewards)
+    if r_B.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [B], got shape {tuple(r_B.shape)}")
+    index_B, keys = group_index(group_ids, device=r_B.device)
+    if index_B.numel() != r_B.numel():
+        raise ValueError(f"{r_B.numel()} rewards but {index_B.numel()} group ids")
+    n_G = _group_sums(torch.ones_like(r_B), index_B, len(keys))
+    sum_G = _group_sums(r_B, index_B, len(keys))
+    n_B = n_G[index_B]
+    others_B = (sum_G[index_B] - r_B) / (n_B - 1).clamp(min=1)
+    return torch.where(n_B > 1, r_B - others_B, torch.zeros_like(r_B))
+
+
+@register_adv_estimator("reinforce_pp")
+def reinforce_pp_advantages(rewards: Tensor, group_ids: GroupIds, *, eps: float = 1e-6) -> Tensor:
+    """REINFORCE++ with a group baseline (docs/algorithms.md §6.1; reference: verl
+    ``compute_reinforce_plus_plus_baseline_outcome_advantage``).
+
+    ``A_i = r_i - mean_g(r)`` (a group of one: mean 0), then whitened over the batch's sequences:
+    ``(A - mean_B(A)) / (std_B(A) + eps)``, std unbiased, one value per sequence (verl whitens over
+    response tokens, which weighs long responses more; veripo whitens per sequence). A batch of one
+    sequence is only centred (std taken as 1).
+
+    Returns:
+        Tensor[B] in rewards' float dtype.
+    """
+    a_B = grpo_advantages(rewards, group_ids, eps=eps, norm_by_std=False)
+    if a_B.numel() < 2:
+        return (a_B - a_B.mean()) / (1.0 + eps)
+    return (a_B - a_B.mean()) / (a_B.std(unbiased=True) + eps)
+
+
+def informative_groups(rewards: Tensor | Sequence[float], group_ids: GroupIds, tol: float = 0.0) -> tuple[list, Tensor]:
+    """DAPO dynamic sampling's test (docs/algorithms.md §6.4): which groups' rewards are not all equal.
+
+    A group whose rewards all lie within `tol` of each other (max - min <= tol) has zero advantage under
+    every group-relative estimator and carries no gradient.
+
+    Returns:
+        ``(keys, informative_G)``: the distinct group ids (see `group_index` for their order) and a
+        BoolTensor[G].
+    """
+    r_B = _as_float(rewards)
+    index_B, keys = group_index(group_ids, device=r_B.device)
+    G = len(keys)
+    hi = torch.full((G,), -float("inf"), dtype=r_B.dtype).scatter_reduce(0, index_B, r_B, "amax")
+    lo = torch.full((G,), float("inf"), dtype=r_B.dtype).scatter_reduce(0, index_B, r_B, "amin")
+    return keys, (hi - lo) > tol
+
+
+def overlong_penalty(lengths: Tensor | Sequence[int], max_len: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (docs/algorithms.md §6.4), added to each rollout's reward.
+
+    With ``L = max_len`` (the generation limit) and ``b = buffer``: 0 for ``|y| <= L - b``;
+    ``factor * ((L - b) - |y|) / b`` for ``L - b < |y| <= L`` (falling linearly to ``-factor`` at L);
+    ``-factor`` beyond L. ``buffer == 0`` turns it off (all zeros).
+
+    Args:
+        lengths: Tensor[B] or sequence of response lengths in tokens.
+    Returns:
+        Tensor[B] float64 of penalties (<= 0).
+    """
+    n_B = torch.as_tensor(lengths, dtype=torch.float64)
+    if buffer < 0 or buffer > max_len:
+        raise ValueError(f"overlong buffer must be in [0, max_len={max_len}], got {buffer}")
+    if buffer == 0:
+        return torch.zeros_like(n_B)
+    start = max_len - buffer
+    soft = (start - n_B) / buffer * factor
+    return torch.where(n_B <= start, torch.zeros_like(n_B), torch.where(n_B <= max_len, soft,
+                                                                           torch.full_like(n_B, -factor)))
 
 
 def temporal_bonus(

@@ -304,6 +304,7 @@ def policy_loss(
     *,
     denominator: Tensor | float | None = None,
     max_len: int | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO/GRPO clipped policy-gradient loss with optional dual clip (docs/algorithms.md section 1,
     "Policy loss"; reference: verl ``compute_policy_loss_vanilla``). Registered as "vanilla".
@@ -319,6 +320,8 @@ def policy_loss(
         mask: Tensor[B, T], 1 on response tokens.
         clip_low, clip_high: eps_low in [0, 1), eps_high >= 0. dual_clip: None or c > 1 (else ValueError).
         agg, denominator, max_len: see `aggregate` (micro-batch / rank splitting).
+        token_weights: None or Tensor[B, T] of constant per-token factors applied to L before aggregation
+            (the rollout-mismatch weights of `rollout_correction`; no gradient flows through them).
     Returns:
         ``(loss, metrics)``: loss is a 0-dim Tensor; metrics are detached 0-dim float64 Tensors (no
         device sync; call ``.item()`` when logging), each a plain mean over THIS call's masked-in
@@ -330,15 +333,259 @@ def policy_loss(
     if mask.shape != logp.shape:
         raise ValueError(f"mask {tuple(mask.shape)} must match logp {tuple(logp.shape)}")
     parts = clipped_token_loss(logp, old_logp, advantages, clip_low, clip_high, dual_clip)
-    loss = aggregate(parts.loss, mask, agg, denominator=denominator, max_len=max_len)
+    loss = aggregate(_weighted(parts.loss, token_weights), mask, agg, denominator=denominator, max_len=max_len)
+    return loss, _ratio_metrics(logp, old_logp, mask, parts.ratio, parts.clipped, parts.dual_clipped)
+
+
+register_policy_loss("ppo_clip")(policy_loss)  # the same loss under its textbook name
+
+
+def _weighted(loss_BT: Tensor, token_weights: Tensor | None) -> Tensor:
+    if token_weights is None:
+        return loss_BT
+    if token_weights.shape != loss_BT.shape:
+        raise ValueError(f"token_weights {tuple(token_weights.shape)} must match the loss {tuple(loss_BT.shape)}")
+    return loss_BT * token_weights.detach().to(loss_BT.dtype)
+
+
+def _ratio_metrics(logp: Tensor, old_logp: Tensor, mask: Tensor, ratio: Tensor, clipped: Tensor,
+                   dual: Tensor | None = None) -> dict[str, Tensor]:
     with torch.no_grad():
         m = mask != 0
-        metrics = {
-            "pg_clipfrac": _masked_mean(parts.clipped, mask),
-            "pg_clipfrac_dual": _masked_mean(parts.dual_clipped, mask),
+        return {
+            "pg_clipfrac": _masked_mean(clipped, mask),
+            "pg_clipfrac_dual": _masked_mean(dual if dual is not None else torch.zeros_like(clipped), mask),
             "ppo_kl": _masked_mean(old_logp.detach() - logp.detach(), mask),
-            "ratio_mean": _masked_mean(parts.ratio, mask),
-            "ratio_max": torch.where(m, parts.ratio.double(), 0.0).amax() if m.numel() else
+            "ratio_mean": _masked_mean(ratio, mask),
+            "ratio_max": torch.where(m, ratio.detach().double(), 0.0).amax() if m.numel() else
             torch.zeros((), dtype=torch.float64, device=logp.device),
         }
+
+
+def _check_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float,
+                  clip_high: float, allow_no_lower: bool = False) -> Tensor:
+    """Shape and clip-range checks shared by the losses below; returns the advantages as [B, 1] or [B, T]."""
+    if logp.shape != old_logp.shape or logp.dim() != 2 or mask.shape != logp.shape:
+        raise ValueError(f"logp, old_logp and mask must all be [B, T]; got {tuple(logp.shape)}, "
+                         f"{tuple(old_logp.shape)}, {tuple(mask.shape)}")
+    if clip_low < 0 or (clip_low >= 1 and not allow_no_lower) or clip_high < 0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
+        return advantages.to(logp.dtype).unsqueeze(-1)
+    if advantages.shape == logp.shape:
+        return advantages.to(logp.dtype)
+    raise ValueError(f"advantages must be [B] or [B, T] for logp {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+
+
+def sequence_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
+    """GSPO's length-normalised sequence ratio ``s_b = exp(sum_t m (logp - old_logp) / |y_b|)``, with
+    the exponent clamped to [-20, 20]; Tensor[B] (1 for a row without response tokens), differentiable."""
+    m = mask.to(logp.dtype)
+    n_B = m.sum(-1)
+    mean_B = _safe_div(_masked(logp - old_logp, mask).sum(-1), n_B)
+    return torch.exp(mean_B.clamp(-20.0, 20.0))
+
+
+@register_policy_loss("gspo")
+def gspo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    dual_clip: float | None = None,
+    agg: str = "seq-mean-token-mean",
+    *,
+    denominator: Tensor | float | None = None,
+    max_len: int | None = None,
+    token_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO: clipped surrogate on the sequence-level ratio (docs/algorithms.md §6.2; reference: verl
+    ``compute_policy_loss_gspo``, TRL ``importance_sampling_level="sequence"``). Registered as "gspo".
+
+    ``s_b = exp(sum_t m (logp - old_logp) / |y_b|)``; ``L_b = max(-A_b s_b, -A_b clip(s_b, 1 - clip_low,
+    1 + clip_high))``, one value per sequence; the loss is the mean of L_b over sequences with a response
+    token (`agg` is ignored: GSPO always aggregates as ``seq-mean-token-mean``, whose denominator is the
+    number of sequences; pass the global one as `denominator`). `dual_clip` is not used. With
+    `token_weights`, L_b is weighted by each sequence's mean weight.
+
+    Args:
+        logp, old_logp, mask: Tensor[B, T]; advantages: Tensor[B] (one per sequence; a [B, T] tensor is
+            averaged over the mask).
+    Returns:
+        ``(loss, metrics)`` as `policy_loss`; the ratio metrics are over sequences.
+    """
+    adv = _check_inputs(logp, old_logp, advantages, mask, clip_low, clip_high)
+    adv_B = adv.squeeze(-1) if adv.shape[-1] == 1 else _safe_div(_masked(adv, mask).sum(-1), (mask != 0).sum(-1))
+    s_B = sequence_ratio(logp, old_logp, mask)
+    l1 = -adv_B * s_B
+    l2 = -adv_B * s_B.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss_B = torch.maximum(l1, l2)
+    loss_BT = _weighted(loss_B.unsqueeze(-1).expand_as(logp), token_weights)
+    loss = aggregate(loss_BT, mask, "seq-mean-token-mean", denominator=denominator)
+    rows = (mask != 0).any(-1)
+    clipped = (l2 > l1) & rows
+    with torch.no_grad():
+        metrics = _ratio_metrics(logp, old_logp, mask, s_B.detach().unsqueeze(-1).expand_as(logp),
+                                 clipped.unsqueeze(-1).expand_as(logp))
+        metrics["pg_clipfrac"] = _safe_div(clipped.double().sum(), rows.sum())
+        metrics["ratio_mean"] = _safe_div(torch.where(rows, s_B.detach().double(), 0.0).sum(), rows.sum())
     return loss, metrics
+
+
+gspo_loss.agg = "seq-mean-token-mean"  # GRPOLoss reads this: the denominator GSPO needs
+
+
+@register_policy_loss("gspo_token")
+def gspo_token_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    *,
+    denominator: Tensor | float | None = None,
+    max_len: int | None = None,
+    token_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO-token (docs/algorithms.md §6.2): per token ``s_bt = sg(s_b) * exp(logp_bt - sg(logp_bt))``,
+    equal in value to the sequence ratio s_b but with each token's own gradient, so per-token advantages
+    ([B, T]) can be used. ``L_bt = max(-A_bt s_bt, -A_bt clip(s_bt, 1 - clip_low, 1 + clip_high))`` (the
+    clip is decided by s_b, since s_bt == s_b in value), aggregated with `agg` like `policy_loss`.
+    `dual_clip` is not used. Registered as "gspo_token".
+    """
+    adv = _check_inputs(logp, old_logp, advantages, mask, clip_low, clip_high)
+    s_B = sequence_ratio(logp, old_logp, mask).detach()
+    s_BT = s_B.unsqueeze(-1) * torch.exp(logp - logp.detach())
+    l1 = -adv * s_BT
+    l2 = -adv * s_BT.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = aggregate(_weighted(torch.maximum(l1, l2), token_weights), mask, agg, denominator=denominator,
+                     max_len=max_len)
+    return loss, _ratio_metrics(logp, old_logp, mask, s_BT.detach(), l2 > l1)
+
+
+@register_policy_loss("cispo")
+def cispo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    *,
+    denominator: Tensor | float | None = None,
+    max_len: int | None = None,
+    token_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO (MiniMax-M1; docs/algorithms.md §6.3): REINFORCE with a clipped, stop-gradient IS weight.
+
+    ``rho = exp(clamp(logp - old_logp, -20, 20))``, ``w = sg(clip(rho, max(0, 1 - clip_low), 1 + clip_high))``,
+    ``L = -w A logp`` per token, aggregated with `agg`. Every token keeps a gradient (``-w A d logp``),
+    unlike PPO's clip, which zeroes it. ``clip_low >= 1`` removes the lower bound (MiniMax-M1's choice).
+    `dual_clip` is not used. Registered as "cispo"; ``pg_clipfrac`` is the fraction of tokens whose rho
+    was clipped.
+    """
+    adv = _check_inputs(logp, old_logp, advantages, mask, clip_low, clip_high, allow_no_lower=True)
+    rho = torch.exp((logp - old_logp).clamp(-20.0, 20.0)).detach()
+    lo, hi = max(0.0, 1.0 - clip_low), 1.0 + clip_high
+    w = rho.clamp(lo, hi)
+    loss = aggregate(_weighted(-w * adv * logp, token_weights), mask, agg, denominator=denominator, max_len=max_len)
+    return loss, _ratio_metrics(logp, old_logp, mask, rho, (rho < lo) | (rho > hi))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollout / trainer mismatch correction
+# ----------------------------------------------------------------------------------------------------
+
+CorrectionFn = Callable[[Tensor, Tensor, float], "tuple[Tensor, Tensor]"]
+ROLLOUT_CORRECTIONS: Registry[CorrectionFn] = Registry("rollout correction")
+
+
+@ROLLOUT_CORRECTIONS.register("tis")
+def _tis(ratio: Tensor, valid: Tensor, c: float) -> tuple[Tensor, Tensor]:
+    """Truncated IS: weight min(ratio, C); the flagged entries are those truncated (ratio > C)."""
+    return ratio.clamp(max=c), ratio > c
+
+
+@ROLLOUT_CORRECTIONS.register("mis")
+def _mis(ratio: Tensor, valid: Tensor, c: float) -> tuple[Tensor, Tensor]:
+    """Masked IS: weight 1 inside [1/C, C], 0 outside (the flagged entries)."""
+    out = (ratio < 1.0 / c) | (ratio > c)
+    return (~out).to(ratio.dtype), out
+
+
+@ROLLOUT_CORRECTIONS.register("monitor")
+def _monitor(ratio: Tensor, valid: Tensor, c: float) -> tuple[Tensor, Tensor]:
+    """No correction (weights 1); the metrics are still computed (flagged: ratio outside [1/C, C])."""
+    return torch.ones_like(ratio), (ratio < 1.0 / c) | (ratio > c)
+
+
+CORRECTION_LEVELS = ("token", "sequence")
+
+
+def rollout_correction(
+    old_logp: Tensor,
+    rollout_logp: Tensor,
+    mask: Tensor,
+    mode: str = "tis",
+    level: str = "token",
+    c: float = 2.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """Importance weights correcting the gap between the rollout engine's and the trainer's policy
+    (docs/algorithms.md §6.5; reference: verl ``rollout_corr``, TRL ``vllm_importance_sampling_*``).
+
+    ``ratio = exp(clamp(old_logp - rollout_logp, -20, 20))`` per token (``level="token"``), or per
+    sequence ``exp(clamp(sum_t m (old_logp - rollout_logp), -20, 20))`` (``level="sequence"``: the
+    product of the token ratios, NOT length-normalised, broadcast over the sequence's tokens). Then
+    - ``tis``: weight ``min(ratio, c)``;
+    - ``mis``: weight 1 if ``1/c <= ratio <= c`` else 0 (the token, or the whole sequence, leaves the loss);
+    - ``monitor``: weight 1 (metrics only).
+    The weights carry no gradient; multiply the per-token policy loss by them (``token_weights=``).
+
+    Args:
+        old_logp: Tensor[B, T], the trainer's log-probs of the sampled tokens before the update.
+        rollout_logp: Tensor[B, T], the engine's log-probs of the same tokens (0 off the mask).
+        mask: Tensor[B, T], 1 on response tokens.
+        c: the threshold C > 1.
+    Returns:
+        ``(weights_BT, metrics)``: weights are 0 off the mask; metrics are floats over the masked-in
+        tokens (token level) or the sequences with a response token (sequence level):
+        ``mismatch_ratio_mean``, ``mismatch_ratio_max``, ``mismatch_corrected_frac`` (fraction truncated
+        for tis, masked for mis, outside [1/c, c] for monitor) and ``mismatch_kl_k3`` (the k3 estimate
+        ``kl_penalty(old_logp, rollout_logp, "k3")`` averaged over response tokens, whatever the level).
+    """
+    if old_logp.shape != rollout_logp.shape or old_logp.shape != mask.shape or old_logp.dim() != 2:
+        raise ValueError(f"old_logp, rollout_logp and mask must all be [B, T]; got {tuple(old_logp.shape)}, "
+                         f"{tuple(rollout_logp.shape)}, {tuple(mask.shape)}")
+    if level not in CORRECTION_LEVELS:
+        raise ValueError(f"unknown rollout correction level {level!r}; known: {', '.join(CORRECTION_LEVELS)}")
+    if not c > 1.0:
+        raise ValueError(f"the rollout-correction threshold C must be > 1, got {c}")
+    fn = ROLLOUT_CORRECTIONS.get(mode)
+    with torch.no_grad():
+        old, roll = old_logp.double(), rollout_logp.double()
+        m = mask != 0
+        diff = torch.where(m, old - roll, torch.zeros((), dtype=torch.float64))
+        if level == "token":
+            ratio = torch.exp(diff.clamp(-20.0, 20.0))
+            valid = m
+        else:
+            ratio = torch.exp(diff.sum(-1).clamp(-20.0, 20.0))
+            valid = m.any(-1)
+        w, flagged = fn(ratio, valid, float(c))
+        n = valid.sum()
+        metrics = {
+            "mismatch_ratio_mean": float(_safe_div(torch.where(valid, ratio, 0.0).sum(), n)),
+            "mismatch_ratio_max": float(torch.where(valid, ratio, 0.0).amax()) if valid.numel() else 0.0,
+            "mismatch_corrected_frac": float(_safe_div((flagged & valid).double().sum(), n)),
+            "mismatch_kl_k3": float(_masked_mean(kl_penalty(old, roll, "k3"), mask)),
+        }
+        w_BT = w if level == "token" else w.unsqueeze(-1).expand_as(old)
+        w_BT = torch.where(m, w_BT, torch.zeros((), dtype=torch.float64))
+    return w_BT.to(old_logp.dtype), metrics

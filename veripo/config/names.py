@@ -19,8 +19,9 @@ adding a registry or a name means adding it here too, and that test says so.
 from __future__ import annotations
 
 DECLARED: dict[str, tuple[str, ...]] = {
-    "veripo.algos.ADV_ESTIMATORS": ("grpo", "drgrpo"),
-    "veripo.algos.POLICY_LOSSES": ("vanilla",),
+    "veripo.algos.ADV_ESTIMATORS": ("grpo", "drgrpo", "rloo", "reinforce_pp"),
+    "veripo.algos.POLICY_LOSSES": ("vanilla", "ppo_clip", "gspo", "gspo_token", "cispo"),
+    "veripo.algos.ROLLOUT_CORRECTIONS": ("tis", "mis", "monitor"),
     "veripo.algos.KL_ESTIMATORS": ("k1", "abs", "k2", "k3"),
     "veripo.algos.AGG_MODES": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
     "veripo.algos.PREFERENCE_LOSSES": ("sigmoid", "robust", "cdpo", "ipo", "hinge", "rrpo", "leanpo", "simpo"),

@@ -160,6 +160,18 @@ class GRPOConfig:
     length_min: int = 320
     length_max: int = 512
     temporal: bool = False  # T-GRPO (video prompts only)
+    # docs/algorithms.md §6: estimator and loss by registry name ("grpo" with norm_adv_by_std=false is drgrpo)
+    adv_estimator: str = choice("grpo", registry_choices("veripo.algos", "ADV_ESTIMATORS"))
+    policy_loss: str = choice("vanilla", registry_choices("veripo.algos", "POLICY_LOSSES"))
+    # rollout/trainer mismatch correction: null (off: no extra forward), tis, mis or monitor (metrics only)
+    rollout_correction: str | None = choice(None, registry_choices("veripo.algos", "ROLLOUT_CORRECTIONS"))
+    rollout_correction_level: str = choice("token", ("token", "sequence"))
+    rollout_correction_c: float = 2.0
+    # DAPO: drop zero-spread groups and sample more prompts, up to max_rounds rounds per step
+    dynamic_sampling: bool = False
+    max_rounds: int = 3
+    overlong_buffer: int = 0  # DAPO's soft overlong penalty over the last N of max_tokens (0: off)
+    overlong_penalty: float = 1.0  # the penalty at (and beyond) max_tokens
 
     def __post_init__(self):
         if self.group_size < 2:
@@ -168,8 +180,9 @@ class GRPOConfig:
             raise ValueError("grpo: steps >= 0, prompts_per_step >= 1 and max_tokens >= 1 are required")
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ValueError(f"grpo.dual_clip must be > 1 (or null), got {self.dual_clip}")
-        if not (0 < self.clip_low < 1 and self.clip_high > 0):
-            raise ValueError(f"grpo: need 0 < clip_low < 1 and clip_high > 0, got {self.clip_low}, {self.clip_high}")
+        if not (0 < self.clip_low < (float("inf") if self.policy_loss == "cispo" else 1) and self.clip_high > 0):
+            raise ValueError(f"grpo: need 0 < clip_low < 1 and clip_high > 0, got {self.clip_low}, {self.clip_high}"
+                             " (with policy_loss=cispo, clip_low >= 1 removes the lower bound)")
         if self.temperature <= 0:
             raise ValueError(f"grpo.temperature must be > 0, got {self.temperature}")
         # ranges of every other field (the checks above keep their messages)
@@ -192,6 +205,17 @@ class GRPOConfig:
             need(name in known, f"reward_weights.{name}", f"is not a registered reward (known: {', '.join(known)})",
                  name)
             need(is_num(w), f"reward_weights.{name}", "must be a finite number", w)
+        if not self.rollout_correction_c > 1.0:
+            raise ValueError(f"grpo.rollout_correction_c must be > 1 (ratios outside [1/C, C] are corrected), "
+                             f"got {self.rollout_correction_c}. Fix: e.g. grpo.rollout_correction_c=2.0")
+        if self.max_rounds < 1:
+            raise ValueError(f"grpo.max_rounds must be >= 1 (rounds of dynamic sampling per step), got {self.max_rounds}. "
+                             "Fix: e.g. grpo.max_rounds=3")
+        if not 0 <= self.overlong_buffer <= self.max_tokens:
+            raise ValueError(f"grpo.overlong_buffer must be in [0, grpo.max_tokens={self.max_tokens}], "
+                             f"got {self.overlong_buffer}. Fix: e.g. grpo.overlong_buffer={self.max_tokens // 4}")
+        if self.overlong_penalty < 0:
+            raise ValueError(f"grpo.overlong_penalty must be >= 0, got {self.overlong_penalty}")
 
 
 @dataclass(frozen=True)

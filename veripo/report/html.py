@@ -410,6 +410,16 @@ def _grpo_plots(p: _Plotter, grpo: list[dict], notes: list[str]) -> None:
                    [(k.removeprefix("train/"), _key(k)) for k in clip], "fraction")
     else:
         notes.append("GRPO clip fraction: not logged (no train/*clipfrac* key)")
+    if _keys_like(grpo, lambda k: k.startswith("mismatch_")):  # grpo.rollout_correction set
+        _step_plot(p, "GRPO rollout/trainer mismatch", grpo,
+                   [("IS ratio mean", _key("mismatch_ratio_mean")), ("IS ratio max", _key("mismatch_ratio_max")),
+                    ("fraction corrected", _key("mismatch_corrected_frac"))], "ratio / fraction",
+                   twin=[("k3 KL (trainer || engine)", _key("mismatch_kl_k3"))], twin_label="k3 KL")
+    if _keys_like(grpo, lambda k: k.startswith("ds_")):  # grpo.dynamic_sampling
+        _step_plot(p, "GRPO dynamic sampling", grpo,
+                   [("rounds", _key("ds_rounds")), ("groups drawn", _key("ds_groups_seen")),
+                    ("informative groups", _key("ds_informative_groups")),
+                    ("uninformative groups trained", _key("ds_filled_groups"))], "count", ylim=(0, None))
     times = [("rollout", "time_rollout_s"), ("train", "time_train_s"), ("weight sync", "time_sync_s")]
     present = set(_keys_like(grpo, lambda k: k.startswith("time_")))
     times = [(lbl, _key(k)) for lbl, k in times if k in present]

@@ -22,13 +22,13 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
-from veripo.algos import (ADV_ESTIMATORS, POLICY_LOSSES, aggregate, kl_penalty, prune_easy, temporal_bonus,
-                          token_logprobs)
+from veripo.algos import (ADV_ESTIMATORS, POLICY_LOSSES, aggregate, informative_groups, kl_penalty,
+                          overlong_penalty, prune_easy, rollout_correction, temporal_bonus, token_logprobs)
 from veripo.config import GRPOConfig
 from veripo.data import Record
 from veripo.data.rollouts import Rollout, append_rollouts, read_rollouts, truncate_rollouts
@@ -47,10 +47,19 @@ TEMPORAL_ALPHA = 0.3
 
 @dataclass(frozen=True)
 class GRPOLoss:
-    """Clipped policy loss (+ optional KL to the reference) on one micro-batch.
+    """The policy loss (by registry name, ``grpo.policy_loss``) + optional KL to the reference, on one
+    micro-batch.
 
-    With one update per rollout batch the old policy is the current one, so ``old_logp`` defaults to
-    the detached current log-probs (ratio 1, gradient -A); a batch that carries ``old_logp`` uses it.
+    ``old_logp``: a batch that carries it (rollout-mismatch correction or async rollouts compute it with
+    the trainer's weights before the update) uses it; otherwise, with one update per rollout batch, the
+    old policy is the current one, so it defaults to the detached current log-probs (ratio 1, gradient
+    -A). A batch whose ``extras`` hold ``is_weight`` [B, T] (`veripo.algos.rollout_correction`) has its
+    per-token loss multiplied by it.
+
+    Denominators are the whole step's (all micro-batches, all ranks), so the micro-batch losses sum to
+    the step's loss: tokens for ``token-mean``, sequences for ``seq-mean-*``, sequences times
+    `max_len` (``grpo.max_tokens``, the longest a response can be) for ``seq-mean-token-sum-norm``.
+    A loss that fixes its own aggregation (GSPO: ``seq-mean-token-mean``) says so in its ``agg`` attribute.
     """
 
     clip_low: float = 0.2
@@ -60,22 +69,33 @@ class GRPOLoss:
     kl_kind: str = "k3"
     agg: str = "token-mean"
     chunk_size: int | None = None
-
     policy_loss: str = "vanilla"
+    max_len: int | None = None  # the max response length (for seq-mean-token-sum-norm); None: micro's T
+
+    def denominator(self, agg: str, ctx, micro) -> float:
+        """The step-wide denominator of aggregation mode `agg` (see the class docstring)."""
+        if agg == "token-mean":
+            return ctx.global_tokens
+        if agg == "seq-mean-token-sum-norm":
+            return ctx.global_batch_size * (self.max_len if self.max_len is not None else micro.loss_mask.shape[-1])
+        return ctx.global_batch_size
 
     def __call__(self, logits, micro, ctx):
         logp = token_logprobs(logits, micro.input_ids, chunk_size=self.chunk_size)
         old = micro.old_logp if micro.old_logp is not None else logp.detach()
-        denom = ctx.global_tokens if self.agg == "token-mean" else ctx.global_batch_size
-        loss, metrics = POLICY_LOSSES.get(self.policy_loss)(logp, old, micro.advantages, micro.loss_mask, clip_low=self.clip_low,
-                                    clip_high=self.clip_high, dual_clip=self.dual_clip, agg=self.agg,
-                                    denominator=denom)
+        fn = POLICY_LOSSES.get(self.policy_loss)
+        agg = getattr(fn, "agg", self.agg)
+        loss, metrics = fn(logp, old, micro.advantages, micro.loss_mask, clip_low=self.clip_low,
+                           clip_high=self.clip_high, dual_clip=self.dual_clip, agg=agg,
+                           denominator=self.denominator(agg, ctx, micro), max_len=self.max_len,
+                           token_weights=micro.extras.get(IS_WEIGHT))
         metrics = {k: float(v) for k, v in metrics.items()}
         if self.kl_coef > 0:
             if micro.ref_logp is None:
                 raise ValueError("grpo.kl_coef > 0 needs reference log-probs in the batch (ref_logp)")
             kl = kl_penalty(logp, micro.ref_logp, self.kl_kind)
-            kl_loss = aggregate(kl, micro.loss_mask, self.agg, denominator=denom)
+            kl_loss = aggregate(kl, micro.loss_mask, self.agg, denominator=self.denominator(self.agg, ctx, micro),
+                                max_len=self.max_len)
             loss = loss + self.kl_coef * kl_loss
             metrics["kl"] = float((kl * micro.loss_mask).sum() / micro.loss_mask.sum().clamp(min=1))
         return loss, metrics
@@ -83,12 +103,66 @@ class GRPOLoss:
     @classmethod
     def from_config(cls, g: GRPOConfig) -> "GRPOLoss":
         return cls(clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip, kl_coef=g.kl_coef,
-                   kl_kind=g.kl_kind, agg=g.agg)
+                   kl_kind=g.kl_kind, agg=g.agg, policy_loss=g.policy_loss, max_len=g.max_tokens)
 
 
-def sample_prompts(pool: Sequence[Record], k: int, seed: int, step: int, iteration: int = 0) -> list[Record]:
-    """`k` records for `step`, without replacement, deterministic in (seed, iteration, step)."""
-    rng = random.Random(f"{seed}:{step}" if iteration == 0 else f"{seed}:{iteration}:{step}")
+IS_WEIGHT = "is_weight"  # PolicyBatch.extras key of the rollout-mismatch weights [B, T]
+
+
+def adv_estimator_name(g: GRPOConfig) -> str:
+    """``grpo.adv_estimator``, except that ``grpo`` with ``norm_adv_by_std: false`` is Dr. GRPO."""
+    return "drgrpo" if g.adv_estimator == "grpo" and not g.norm_adv_by_std else g.adv_estimator
+
+
+def dynamic_sampling(draw_round: Callable[[int], "Sequence[bool] | None"], want: int,
+                     max_rounds: int) -> tuple[list[tuple[int, int]], int]:
+    """DAPO's dynamic sampling loop (docs/algorithms.md §6.4), apart from the models.
+
+    ``draw_round(r)`` generates round r and returns, per group of that round, whether it is informative
+    (its rewards are not all equal), or None when there are no prompts left to draw. Rounds are drawn
+    until `want` informative groups are found or `max_rounds` rounds were drawn.
+
+    Returns:
+        ``(kept, rounds)``: ``(round, group)`` pairs to train on, the first `want` informative groups in
+        draw order, then, when the rounds ran out first, uninformative ones in draw order to fill up to
+        `want` (they carry zero advantage; the batch keeps its size, which multi-rank training needs);
+        and the number of rounds drawn.
+    """
+    informative: list[tuple[int, int]] = []
+    other: list[tuple[int, int]] = []
+    rounds = 0
+    for r in range(max_rounds):
+        flags = draw_round(r)
+        if flags is None:
+            break
+        rounds += 1
+        for i, f in enumerate(flags):
+            (informative if f and len(informative) < want else other).append((r, i))
+        if len(informative) >= want:
+            break
+    return informative + other[:max(0, want - len(informative))], rounds
+
+
+@dataclass
+class _Round:
+    """One round of rollouts of a step: ``flat`` = (group, record, prompt, sample) per rollout."""
+
+    flat: list
+    shuffled: list
+    scores: list
+    shuffled_scores: list
+    rewards: list[float]
+    bonus: list[float]
+    temporal_metrics: dict
+    overlong: list[float]
+    n_groups: int
+
+
+def sample_prompts(pool: Sequence[Record], k: int, seed: int, step: int, iteration: int = 0,
+                   round_: int = 0) -> list[Record]:
+    """`k` records for `step`, without replacement, deterministic in (seed, iteration, step, round)."""
+    key = f"{seed}:{step}" if iteration == 0 else f"{seed}:{iteration}:{step}"
+    rng = random.Random(key if round_ == 0 else f"{key}:round{round_}")
     return rng.sample(list(pool), min(k, len(pool)))
 
 
@@ -175,32 +249,48 @@ class GRPOStep:
         self.workers, self.prompts, self.tokenizer, self.metrics = ctx.workers, ctx.prompts, ctx.tokenizer, ctx.metrics
         self.seed, self.iteration = ctx.cfg.seed, ctx.iteration
         self.loss = GRPOLoss.from_config(self.cfg)
-        self.advantages = ADV_ESTIMATORS.get("grpo" if self.cfg.norm_adv_by_std else "drgrpo")
+        self.advantages = ADV_ESTIMATORS.get(adv_estimator_name(self.cfg))
         self.rollouts_path = Path(out) / ROLLOUTS
         self.shuffled_path = Path(out) / SHUFFLED_ROLLOUTS  # T-GRPO's shuffled-frame rollouts
         self._warned_temporal = False
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
-        records = sample_prompts(self.records, self.cfg.prompts_per_step, self.seed, step, self.iteration)
-        prompts = [self.prompts.render(r) for r in records]  # with its clip for a video record of a vision run
-        sampling = SamplingConfig(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                  max_tokens=self.cfg.max_tokens,
-                                  seed=self.seed * 100_003 + self.iteration * 10_007 + step)
-        samples = self.workers.rollout.generate([p.request() for p in prompts], sampling, self.cfg.group_size)
-        shuffled = self._shuffled_rollouts(step, prompts, sampling) if self.cfg.temporal else []
+        g = self.cfg
+        rounds: list[_Round] = []
+        used: set[str] = set()
+
+        def draw(r: int):
+            pool = self.records if r == 0 else [rec for rec in self.records if rec.problem_id not in used]
+            if not pool:
+                return None
+            records = sample_prompts(pool, g.prompts_per_step, self.seed, step, self.iteration, round_=r)
+            used.update(rec.problem_id for rec in records)
+            rnd = self._round(step, r, records)
+            rounds.append(rnd)
+            _, flags = informative_groups(rnd.rewards, [k for k, *_ in rnd.flat])
+            return flags.tolist()
+
+        kept, n_rounds = dynamic_sampling(draw, g.prompts_per_step, g.max_rounds if g.dynamic_sampling else 1)
+        if not g.dynamic_sampling:
+            kept = [(0, k) for k in range(rounds[0].n_groups)]
         t_rollout = time.perf_counter() - t0
         fault_point("grpo.rollout")
 
-        flat = [(g, rec, p, s) for g, (rec, p, group) in enumerate(zip(records, prompts, samples)) for s in group]
-        _check_prompt_ids(flat)
-        both = flat + shuffled
-        all_scores = self.workers.rewards.score([s.text for *_, s in both], [rec for _, rec, _, _ in both])
-        scores, shuffled_scores = all_scores[:len(flat)], all_scores[len(flat):]
-        rewards = self._with_length_bonus(flat, scores)
-        bonus, temporal_metrics = self._temporal_bonus(flat, scores, shuffled, shuffled_scores)
-        rewards = [r + b for r, b in zip(rewards, bonus)]
-        group_ids = torch.tensor([g for g, *_ in flat])
+        # the trained groups, renumbered 0..K-1 in kept order
+        new_id = {key: k for k, key in enumerate(kept)}
+        rows = [(r, i) for r, rnd in enumerate(rounds) for i, (k, *_) in enumerate(rnd.flat) if (r, k) in new_id]
+        rows.sort(key=lambda ri: new_id[(ri[0], rounds[ri[0]].flat[ri[1]][0])])  # stable: keeps a group's order
+        flat = [(new_id[(r, rounds[r].flat[i][0])], *rounds[r].flat[i][1:]) for r, i in rows]
+        scores = [rounds[r].scores[i] for r, i in rows]
+        rewards = [rounds[r].rewards[i] for r, i in rows]
+        bonus = [rounds[r].bonus[i] for r, i in rows]
+        shuffled = [(new_id[(r, k)], *rest) for r, rnd in enumerate(rounds) for k, *rest in rnd.shuffled
+                    if (r, k) in new_id]
+        shuffled_scores = [sc for r, rnd in enumerate(rounds) for (k, *_), sc in zip(rnd.shuffled, rnd.shuffled_scores)
+                           if (r, k) in new_id]
+        temporal_metrics = rounds[0].temporal_metrics
+        group_ids = torch.tensor([k for k, *_ in flat])
         adv = self.advantages(torch.tensor(rewards, dtype=torch.float64), group_ids).float()
 
         # only the ordered-frame rollouts are trained on; a video sample carries its frames' pixels
@@ -208,8 +298,11 @@ class GRPOStep:
         response_ids, adv, n_placeholder = self._trainable_responses(flat, adv, pad_id)
         batch = policy_batch([p.token_ids for _, _, p, _ in flat], response_ids, pad_id,
                              advantages=adv.tolist(), visuals=[p.visual for _, _, p, _ in flat])
-        if self.cfg.kl_coef > 0:
+        if g.kl_coef > 0:
             batch = batch.with_fields(ref_logp=self.workers.reference.logprobs(batch))
+        mismatch: dict[str, float] = {}
+        if g.rollout_correction is not None:
+            batch, mismatch = self._correct_mismatch(batch, flat, response_ids)
         t1 = time.perf_counter()
         train_metrics = self.workers.trainer.train_step(batch, self.loss)
         t_train = time.perf_counter() - t1
@@ -219,8 +312,9 @@ class GRPOStep:
         sync = self.workers.rollout.update_weights(self.workers.trainer.weight_buckets_ref(bucket_mb))
         t_sync = time.perf_counter() - t2
 
-        temporal_groups = {g for g, *_ in shuffled}
+        temporal_groups = {k for k, *_ in shuffled}
         self._write_rollouts(step, flat, scores, rewards, adv.tolist(), bonus, temporal_groups)
+        self._write_untrained(step, rounds, new_id)
         if shuffled:
             self._write_shuffled(step, shuffled, shuffled_scores)
         comps = {}
@@ -228,6 +322,9 @@ class GRPOStep:
             for k, v in sc.components.items():
                 comps.setdefault(k, []).append(v)
         lengths = [len(s.token_ids) for *_, s in flat]
+        n_seen = sum(rnd.n_groups for rnd in rounds)
+        n_informative = sum(1 for rnd in rounds for f in informative_groups(
+            rnd.rewards, [k for k, *_ in rnd.flat])[1].tolist() if f)
         m = {
             "reward_mean": sum(rewards) / len(rewards),
             **{f"{k}_mean": sum(v) / len(v) for k, v in comps.items()},
@@ -236,6 +333,11 @@ class GRPOStep:
             "adv_abs_mean": float(adv.abs().mean()),
             **temporal_metrics,
             **({"placeholder_responses": n_placeholder} if n_placeholder is not None else {}),
+            **({"overlong_penalty_mean": sum(rounds[r].overlong[i] for r, i in rows) / len(rows)}
+               if g.overlong_buffer else {}),
+            **({"ds_rounds": n_rounds, "ds_groups_seen": n_seen, "ds_informative_groups": n_informative,
+                "ds_filled_groups": max(0, len(kept) - n_informative)} if g.dynamic_sampling else {}),
+            **mismatch,
             **{f"train/{k}": v for k, v in train_metrics.items() if isinstance(v, (int, float))},
             "time_rollout_s": t_rollout, "time_train_s": t_train, "time_sync_s": t_sync,
             "sync_bytes": sync.get("bytes", 0),
@@ -248,6 +350,72 @@ class GRPOStep:
             best = max(range(len(flat)), key=lambda i: rewards[i])
             print(f"\n[grpo step {step}] reward={rewards[best]:.2f} sample: {flat[best][3].text[:300]!r}")
         return m
+
+    def _round(self, step: int, r: int, records: list[Record]) -> _Round:
+        """Round `r` of `step`: roll out `records` (G each; plus T-GRPO's shuffled ones), score them and
+        shape the rewards (length bonus, temporal bonus, DAPO overlong penalty). Round 0 is the whole step
+        without dynamic sampling; later rounds draw other prompts with their own sampling seeds."""
+        g = self.cfg
+        prompts = [self.prompts.render(rec) for rec in records]  # with its clip for a video record of a vision run
+        sampling = SamplingConfig(temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens,
+                                  seed=self.seed * 100_003 + self.iteration * 10_007 + step + r * 1_000_003)
+        samples = self.workers.rollout.generate([p.request() for p in prompts], sampling, g.group_size)
+        shuffled = self._shuffled_rollouts(step, prompts, sampling) if g.temporal else []
+        flat = [(k, rec, p, s) for k, (rec, p, group) in enumerate(zip(records, prompts, samples)) for s in group]
+        _check_prompt_ids(flat)
+        both = flat + shuffled
+        all_scores = self.workers.rewards.score([s.text for *_, s in both], [rec for _, rec, _, _ in both])
+        scores, shuffled_scores = all_scores[:len(flat)], all_scores[len(flat):]
+        rewards = self._with_length_bonus(flat, scores)
+        bonus, temporal_metrics = self._temporal_bonus(flat, scores, shuffled, shuffled_scores)
+        overlong = overlong_penalty([len(s.token_ids) for *_, s in flat], g.max_tokens, g.overlong_buffer,
+                                    g.overlong_penalty).tolist()
+        rewards = [x + b + o for x, b, o in zip(rewards, bonus, overlong)]
+        return _Round(flat, shuffled, scores, shuffled_scores, rewards, bonus, temporal_metrics, overlong,
+                      len(records))
+
+    def _correct_mismatch(self, batch, flat, response_ids):
+        """The trainer's log-probs before the update (``old_logp``) against the engine's log-probs of the
+        sampled tokens: `veripo.algos.rollout_correction`'s weights go to the batch as ``extras["is_weight"]``;
+        returns the batch and the step's mismatch metrics. A response whose placeholder tokens were padded
+        out (`_trainable_responses`: advantage 0) is not what the engine sampled: it counts as ratio 1."""
+        g = self.cfg
+        old = self.workers.trainer.logprobs(batch)
+        roll = torch.zeros_like(old)
+        for b, (_, rec, p, s) in enumerate(flat):
+            if len(s.logprobs) != len(s.token_ids):
+                raise ValueError(f"grpo.rollout_correction={g.rollout_correction} needs the engine's log-prob of "
+                                 f"every sampled token, but a rollout of {rec.problem_id!r} has {len(s.logprobs)} for "
+                                 f"{len(s.token_ids)} tokens. Fix: keep the engine's log-probs on (rollout.logprobs_mode"
+                                 " processed or raw), or set grpo.rollout_correction=null")
+            start = len(p.token_ids)
+            if list(response_ids[b]) != list(s.token_ids):
+                roll[b] = old[b]
+                continue
+            roll[b, start:start + len(s.logprobs)] = torch.tensor(s.logprobs, dtype=roll.dtype)
+        w, metrics = rollout_correction(old, roll, batch.loss_mask, g.rollout_correction,
+                                        g.rollout_correction_level, g.rollout_correction_c)
+        return batch.with_fields(old_logp=old, extras={**batch.extras, IS_WEIGHT: w.float()}), metrics
+
+    def _write_untrained(self, step, rounds: list[_Round], trained: dict) -> None:
+        """Dynamic sampling's dropped groups still go to ``rollouts.jsonl`` (the verifier and easy-sample
+        pruning read them), with advantage 0 and ``trained: false``."""
+        rows = []
+        for r, rnd in enumerate(rounds):
+            counters: dict[int, int] = {}
+            for (k, rec, _, s), sc, rew in zip(rnd.flat, rnd.scores, rnd.rewards):
+                if (r, k) in trained:
+                    continue
+                j = counters.get(k, 0)
+                counters[k] = j + 1
+                rows.append(Rollout(rollout_id=f"it{self.iteration}-s{step}-{rec.problem_id}-{j}",
+                                    problem_id=rec.problem_id, response=s.text, token_ids=tuple(s.token_ids),
+                                    finish_reason=s.finish_reason, reward=float(rew),
+                                    reward_components=dict(sc.components), advantage=0.0, step=step,
+                                    iteration=self.iteration, sample_index=j, mean_logprob=_mean_logprob(s),
+                                    record=rec.to_dict(), extra={"trained": False, "round": r}))
+        if rows:
+            append_rollouts(self.rollouts_path, rows)
 
     def _trainable_responses(self, flat, adv, pad_id: int):
         """The response ids to train on. In a vision batch, a response holding a frame or image placeholder
