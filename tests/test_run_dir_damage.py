@@ -87,6 +87,9 @@ def test_config_drift_ignores_stages_without_work(tmp_path):
     assert config_changes({"grpo": {"reward_weights": {"accuracy": 1.0, "format": 0.5}}},
                           {"grpo": {"reward_weights": {"accuracy": 1.0, "format": 0.0}}}) == {
         "grpo.reward_weights.format": (0.5, 0.0)}
+    assert config_changes({"rollout": {"vllm_kwargs": {}}}, {"rollout": {"vllm_kwargs": {"max_model_len": 64}}}) == {
+        "rollout.vllm_kwargs.max_model_len": (None, 64)}
+    assert config_changes({"grpo": {"steps": 3}}, {"grpo": {"steps": 3, "new_key": 1}}) == {}  # a newer veripo's key
 
 
 def test_a_damaged_recorded_config_is_a_clear_error(tmp_path):

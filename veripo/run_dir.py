@@ -268,10 +268,14 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Keys whose value differs between the recorded config `old` and `new` (both plain data): key ->
-    (old, new). A key only `new` has (a newer veripo's) is not a change."""
+    (old, new). A key only `new` has is a change when it fills what was a value or an empty mapping in
+    `old` (``rollout.vllm_kwargs: {}`` -> ``{max_model_len: 2048}``); else it is a newer veripo's key."""
     a, b = flatten(old), flatten(new)
-    return {k: (a[k], b.get(k)) for k in a if k in b and a[k] != b[k]} | {
-        k: (a[k], None) for k in a if k not in b and a[k] is not None and not any(x.startswith(k + ".") for x in b)}
+    changed = {k: (a[k], b[k]) for k in a if k in b and a[k] != b[k]}
+    gone = {k: (a[k], None) for k in a if k not in b and a[k] not in (None, {}) and not any(
+        x.startswith(k + ".") for x in b)}
+    added = {k: (None, b[k]) for k in b if k not in a and any(k.startswith(p + ".") for p in a)}
+    return changed | gone | added
 
 
 def stages_shaped_by(key: str, stage_ids: Iterable[str]) -> list[str]:
