@@ -194,11 +194,13 @@ def test_a_kill_between_the_two_renames_of_a_checkpoint_is_repaired(tmp_path):
     workers.trainer.save_checkpoint(out / ".checkpoint.old", meta={"stage": key, "stage_step": 2})
     workers.trainer.save_checkpoint(out / ".checkpoint.tmp", meta={"stage": key, "stage_step": 3})
     assert progress.resumable_step(key, out) == 3
-    assert not (out / ".checkpoint.tmp").exists() and (out / "checkpoint").is_dir()
+    assert not (out / ".checkpoint.tmp").exists() and not (out / ".checkpoint.old").exists()
+    assert json.loads((out / "checkpoint" / "veripo_checkpoint.json").read_text())["stage_step"] == 3
     # only the old one left (the new one never completed): it is put back
     import shutil
 
     shutil.rmtree(out / "checkpoint")
+    workers.trainer.save_checkpoint(out / ".checkpoint.old", meta={"stage": key, "stage_step": 2})
     progress.manifest.mark(key, steps_done=2, checkpoint_step=2)
     assert progress.resumable_step(key, out) == 2 and not (out / ".checkpoint.old").exists()
 

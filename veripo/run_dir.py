@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -173,6 +174,7 @@ def finish_interrupted_replace(final: str | os.PathLike) -> str | None:
     tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
     if checkpoint_info(tmp) is not None:
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)  # what the rename replaced
         return f"finished an interrupted checkpoint write: renamed {tmp.name} to {final.name}"
     if old.is_dir():
         os.replace(old, final)
