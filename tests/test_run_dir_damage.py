@@ -131,3 +131,14 @@ def test_a_deleted_checkpoint_of_a_finished_stage(tmp_path, capsys):
         loop = Loop(_cfg(tmp_path, stages=["sft", "eval"]))
         loop.open_run_dir()
         loop.policy_source()
+
+
+def test_a_deleted_checkpoint_is_not_needed_by_a_stage_that_resumes_from_its_own(tmp_path):
+    loop = _finished_sft(tmp_path, export=False)
+    grpo = RunDir(tmp_path / "r").stage(0, "grpo") / "checkpoint"
+    grpo.mkdir(parents=True)
+    (grpo / "veripo_checkpoint.json").write_text(json.dumps({"step": 22, "stage": "iter0/grpo", "stage_step": 2}))
+    loop.manifest.mark("iter0/eval_sft", done=True)
+    loop.manifest.mark("iter0/grpo", steps_done=2, checkpoint_step=2)
+    assert loop.policy_source() is None
+    assert loop._served == tmp_path / "r" / "iter0" / "sft" / "checkpoint"  # restore_policy skips it

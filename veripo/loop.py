@@ -158,6 +158,11 @@ class Loop:
         if checkpoint_info(out / CHECKPOINT) is not None:
             return None
         key, export = RunDir.stage_id(it, name), out / POLICY
+        nxt = self.run.stage(*todo[0])
+        own = checkpoint_info(nxt / CHECKPOINT)
+        if stage_for(todo[0][1]).trains and own and own.get("stage") == RunDir.stage_id(*todo[0]):
+            self._served = out / CHECKPOINT  # the next stage resumes from its own checkpoint: nothing to restore
+            return None
         trains_later = [RunDir.stage_id(i, n) for i, n in todo if stage_for(n).trains]
         if not trains_later and (export / "config.json").is_file():
             print(f"veripo: {key} is done but its checkpoint {out / CHECKPOINT} is missing; the stages left "
