@@ -71,6 +71,7 @@ def test_config_drift_is_refused_for_finished_work_and_recorded_when_allowed(tmp
     change = m["config_changes"][-1]
     assert change["changes"]["grpo.group_size"] == {"old": 4, "new": 8} and set(change["allowed"]) == {
         "grpo.group_size", "sft.lr"}
+    assert set(change["changes"]) == {"grpo.group_size", "sft.lr"}  # the allow list itself is no change
     assert yaml.safe_load(recorded.read_text())["grpo"]["group_size"] == 8
 
 

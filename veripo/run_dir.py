@@ -322,7 +322,7 @@ def check_config_drift(recorded: Path, new: dict, manifest: Manifest, allow: Ite
         raise RunDirError(f"{recorded}: the run's recorded config is not a mapping. Fix: restore it, or delete "
                           "it to accept the current config as the run's")
     allow = list(allow)
-    changes = config_changes(old, new)
+    changes = {k: v for k, v in config_changes(old, new).items() if k.split(".")[0] != "allow_config_changes"}
     started = list(manifest.started())
     refused = {}
     for key, (a, b) in changes.items():
