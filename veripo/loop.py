@@ -26,14 +26,11 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
-from veripo.config import RunConfig, stage_plan, to_dict
+from veripo.config import RunConfig, stage_plan
 from veripo.faults import PGID_ENV
 from veripo.models import resolve_model
 from veripo.report import MetricsLogger, write_report
-from veripo.run_dir import (CHECKPOINT, POLICY, Manifest, RunDir, RunDirError, atomic_write_text, check_config_drift,
-                            checkpoint_info)
+from veripo.run_dir import CHECKPOINT, POLICY, Manifest, RunDir, RunDirError, checkpoint_info, open_run
 from veripo.stages import Progress, StageContext, stage_for
 from veripo.stages.common import PromptBuilder, load_run_records
 from veripo.workers import launch_workers
@@ -119,26 +116,8 @@ class Loop:
                             prompts=prompts, metrics=metrics, model_path=Path(model_path), progress=progress)
 
     def open_run_dir(self) -> None:
-        """Create (or reopen) the run folder, read its manifest, check a resumed run's config against the
-        recorded one and record the config; a `RunDirError` names the path or keys and the fix."""
-        cfg, root = self.cfg, self.run.root
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".veripo-write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            what = e.strerror or type(e).__name__
-            if isinstance(e, (FileExistsError, NotADirectoryError)) or (root.exists() and not root.is_dir()):
-                what = "a file is in the way (output_dir or name names a file, not a folder)"
-            raise RunDirError(f"output_dir={cfg.output_dir}: cannot use the run folder {root}: {what}. Fix: set "
-                              "output_dir=PATH to a writable folder (or name=NEW)") from None
-        self.manifest = Manifest(self.run.manifest)
-        new = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        changes = check_config_drift(self.run.config, new, self.manifest, cfg.allow_config_changes)
-        for key, (old, value) in changes.items():
-            print(f"veripo: config change on resume: {key}: {old!r} -> {value!r} (recorded in the manifest)")
-        atomic_write_text(self.run.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        """The run folder's checks and its manifest (`veripo.run_dir.open_run`, torch-free)."""
+        self.manifest = open_run(self.cfg)
 
     def policy_source(self) -> str | None:
         """Check, before any model loads, that a resumed run can start its next stage from the newest

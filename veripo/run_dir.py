@@ -344,6 +344,37 @@ def check_config_drift(recorded: Path, new: dict, manifest: Manifest, allow: Ite
     return changes
 
 
+def open_run(cfg: Any) -> Manifest:
+    """Create (or reopen) the run folder of `cfg` (a `RunConfig`), read its manifest, check a resumed run's
+    config against the recorded one (`check_config_drift`) and record the config; returns the manifest.
+    Torch-free, so an entry point can call it before any heavy import; a `RunDirError` names the path or
+    keys and the fix."""
+    import yaml
+
+    from veripo.config import to_dict
+
+    root = RunDir.for_config(cfg).root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".veripo-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        what = e.strerror or type(e).__name__
+        if isinstance(e, (FileExistsError, NotADirectoryError)) or (root.exists() and not root.is_dir()):
+            what = "a file is in the way (output_dir or name names a file, not a folder)"
+        raise RunDirError(f"output_dir={cfg.output_dir}: cannot use the run folder {root}: {what}. Fix: set "
+                          "output_dir=PATH to a writable folder (or name=NEW)") from None
+    run = RunDir(root)
+    manifest = Manifest(run.manifest)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    changes = check_config_drift(run.config, yaml.safe_load(text), manifest, cfg.allow_config_changes)
+    for key, (old, value) in changes.items():
+        print(f"veripo: config change on resume: {key}: {old!r} -> {value!r} (recorded in the manifest)")
+    atomic_write_text(run.config, text)
+    return manifest
+
+
 # -- the paths ------------------------------------------------------------------------------------
 
 class RunDir:
