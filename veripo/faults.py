@@ -9,6 +9,11 @@ tests), a fault point costs one dictionary look-up. Points in the code base:
     grpo.rollout       rollouts generated, nothing trained or written yet
     train.step         the driver waits while the trainer ranks run the step
     checkpoint.write   inside a checkpoint write: state files written, not yet renamed into place
+    replace_dir.swap   inside that rename: the old folder moved aside, the new one not yet in place
+                       (also an HF export's rename)
+    checkpoint.renamed the checkpoint committed (renamed into place), in the trainer rank
+    progress.saved     the same window seen from the driver: the save returned, the manifest does not
+                       record the step yet (a resume trusts the checkpoint's own step)
     verify.judged      the judge has answered (its cache is on disk), pairs not yet written
     preference.step    after a preference train step returned, before its checkpoint
 """

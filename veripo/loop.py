@@ -10,6 +10,14 @@ manifest and the resume bookkeeping (`veripo.stages.base.Progress`): training st
 checkpoint every ``checkpoint.every`` steps and record ``steps_done`` in the manifest only after it, so a
 run killed anywhere (SIGKILL included) continues, when the same command runs again, from the last
 recorded step: what the step that was running wrote is dropped and that step is redone with the same seed.
+A step checkpoint also carries its own stage step, so a kill after the checkpoint is committed but before
+the manifest records it resumes after that step (`Progress.resumable_step`), never redoing it.
+
+Before any model loads, `setup` checks the run folder: it must be creatable and writable (`output_dir`);
+its manifest must parse; a resumed run's config must not change keys that shaped finished work unless
+``allow_config_changes`` names them (`veripo.run_dir.check_config_drift`); and the checkpoint the next
+stage starts from must be on disk (when only non-training stages remain, the finished stage's ``policy/``
+export serves instead).
 """
 
 from __future__ import annotations
@@ -18,13 +26,11 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
-from veripo.config import RunConfig, stage_plan, to_dict
+from veripo.config import RunConfig, stage_plan
 from veripo.faults import PGID_ENV
 from veripo.models import resolve_model
 from veripo.report import MetricsLogger, write_report
-from veripo.run_dir import CHECKPOINT, Manifest, RunDir, atomic_write_text
+from veripo.run_dir import CHECKPOINT, POLICY, Manifest, RunDir, RunDirError, checkpoint_info, open_run
 from veripo.stages import Progress, StageContext, stage_for
 from veripo.stages.common import PromptBuilder, load_run_records
 from veripo.workers import launch_workers
@@ -37,6 +43,7 @@ class Loop:
         self.keep_workers = False  # tests inspect the live workers after fit()
         self.manifest: Manifest | None = None
         self.ctx: StageContext | None = None  # made by setup(): workers, records, tokenizer, metrics
+        self._served: Path | None = None  # a missing checkpoint whose stage's policy export the workers loaded
 
     def fit(self) -> dict:
         """Run every stage of every iteration that is not done yet; returns the manifest."""
@@ -84,10 +91,8 @@ class Loop:
         cfg = self.cfg
         if os.environ.get("VERIPO_FAULT"):  # crash tests: the fault kills this whole process group
             os.environ.setdefault(PGID_ENV, str(os.getpgrp()))
-        self.run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        self.manifest = Manifest(self.run.manifest)
-        model_path = resolve_model(cfg.model.path)
+        self.open_run_dir()
+        model_path = self.policy_source() or resolve_model(cfg.model.path)
         # Not at module level: importing transformers imports torch._dynamo, which sets
         # os.environ["TORCHINDUCTOR_CACHE_DIR"], and importing veripo.loop must change nothing global.
         from transformers import AutoTokenizer
@@ -113,9 +118,51 @@ class Loop:
               f"test records{skipped}, model {model_path}, {cfg.iterations} iteration(s) of {cfg.stages}"
               + (f"; resuming ({done} stage(s) done)" if done else ""))
         workers = launch_workers(cfg, model_path)
+        progress = Progress(self.manifest, workers, metrics, cfg)
+        progress.loaded = self._served  # the workers started from that stage's export: nothing to restore
         return StageContext(cfg=cfg, run=self.run, workers=workers, data=data, tokenizer=tokenizer,
-                            prompts=prompts, metrics=metrics, model_path=Path(model_path),
-                            progress=Progress(self.manifest, workers, metrics, cfg))
+                            prompts=prompts, metrics=metrics, model_path=Path(model_path), progress=progress)
+
+    def open_run_dir(self) -> None:
+        """The run folder's checks and its manifest (`veripo.run_dir.open_run`, torch-free)."""
+        self.manifest = open_run(self.cfg)
+
+    def policy_source(self) -> str | None:
+        """Check, before any model loads, that a resumed run can start its next stage from the newest
+        finished training stage's checkpoint. When that checkpoint is gone and only stages that train
+        nothing remain, the stage's ``policy/`` export serves: the workers load it as their model (returned,
+        None otherwise). When a training stage remains, a `RunDirError` names the missing folder."""
+        plan = [(it, name) for it in range(self.cfg.iterations) for name in stage_plan(self.cfg.stages, it)]
+        todo = [(it, name) for it, name in plan if not self.manifest.done(RunDir.stage_id(it, name))]
+        if not todo:
+            return None
+        first = plan.index(todo[0])
+        finished = [(it, name) for it, name in plan[:first] if stage_for(name).trains]
+        if not finished:
+            return None
+        it, name = finished[-1]
+        out = self.run.stage(it, name)
+        if checkpoint_info(out / CHECKPOINT) is not None:
+            return None
+        key, export = RunDir.stage_id(it, name), out / POLICY
+        nxt = self.run.stage(*todo[0])
+        own = checkpoint_info(nxt / CHECKPOINT)
+        if stage_for(todo[0][1]).trains and own and own.get("stage") == RunDir.stage_id(*todo[0]):
+            self._served = out / CHECKPOINT  # the next stage resumes from its own checkpoint: nothing to restore
+            return None
+        trains_later = [RunDir.stage_id(i, n) for i, n in todo if stage_for(n).trains]
+        if not trains_later and (export / "config.json").is_file():
+            print(f"veripo: {key} is done but its checkpoint {out / CHECKPOINT} is missing; the stages left "
+                  f"({', '.join(RunDir.stage_id(i, n) for i, n in todo)}) train nothing, so the workers load its "
+                  f"policy export {export} instead")
+            self.manifest.record("recovered", stage=key, missing=str(out / CHECKPOINT), used=str(export))
+            self._served = out / CHECKPOINT
+            return str(export)
+        raise RunDirError(
+            f"{out / CHECKPOINT}: the checkpoint of the finished stage {key} is missing or incomplete, and "
+            + (f"{trains_later[0]} must continue training from it" if trains_later else f"its export {export} is "
+               "missing too") + ". Fix: restore the folder from a backup; or start the run afresh under a new "
+            "name (name=NEW)")
 
     # what tests and callers read of a run in progress
     @property

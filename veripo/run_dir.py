@@ -25,10 +25,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from veripo.errors import UserError
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -42,6 +45,7 @@ RESULTS = "results.json"
 SAMPLES = "samples.jsonl"
 JUDGE_CACHE = "judge_cache.jsonl"
 CHECKPOINT = "checkpoint"  # a training stage's step checkpoint (veripo.train.checkpoint)
+CHECKPOINT_MARKER = "veripo_checkpoint.json"  # written last into a checkpoint: its step, stage and stage step
 POLICY = "policy"  # a finished training stage's HF export
 REFERENCE = "reference"  # a frozen reference export (GRPO's KL anchor, RRPO's token-wise KL)
 
@@ -143,6 +147,43 @@ def _keep(keep: Callable[[dict], bool], row: dict) -> bool:
         return False
 
 
+class RunDirError(UserError):
+    """The run folder cannot be used as it is (damaged, unwritable, or made with another config); the message
+    names the path or keys and the fix."""
+
+
+# -- checkpoint folders (read without torch) -------------------------------------------------------
+
+def checkpoint_info(folder: str | os.PathLike) -> dict | None:
+    """The marker of a complete checkpoint folder (`veripo.train.checkpoint`): ``step`` (the engine's),
+    and, from the loop's saves, ``stage`` and ``stage_step``; None when the folder is missing or
+    incomplete (no readable marker)."""
+    marker = Path(folder) / CHECKPOINT_MARKER
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def finish_interrupted_replace(final: str | os.PathLike) -> str | None:
+    """A kill inside `veripo.train.checkpoint.replace_dir` (old folder moved aside, new one not yet renamed
+    into place) leaves no `final`: rename the complete new folder into place, else put the old one back.
+    Returns what it did (None: nothing to do)."""
+    final = Path(final)
+    if final.exists():
+        return None
+    tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
+    if checkpoint_info(tmp) is not None:
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)  # what the rename replaced
+        return f"finished an interrupted checkpoint write: renamed {tmp.name} to {final.name}"
+    if old.is_dir():
+        os.replace(old, final)
+        return f"put back the previous checkpoint from {old.name} (the new one was incomplete)"
+    return None
+
+
 # -- the manifest ---------------------------------------------------------------------------------
 
 class Manifest:
@@ -154,9 +195,27 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"created": time.time(), "stages": {}}
+        self.data = self._read() if self.path.is_file() else {"created": time.time(), "stages": {}}
         self.data.setdefault("stages", {})
         self.data.setdefault("order", [])
+
+    def _read(self) -> dict:
+        """The manifest on disk; a damaged one (veripo writes it atomically, so only something else can
+        truncate or edit it) is a `RunDirError` naming the file and the ways out."""
+        fix = (f"Fix: restore {self.path} from a backup; or move the run folder {self.path.parent} aside (or set "
+               "name=NEW) to start the run afresh. veripo does not guess progress: a wrong guess would skip or "
+               "retrain stages")
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise RunDirError(f"{self.path}: the run's manifest is damaged (not UTF-8 text at byte {e.start}). {fix}") from None
+        except json.JSONDecodeError as e:
+            what = "empty" if not e.doc.strip() else f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+            raise RunDirError(f"{self.path}: the run's manifest is damaged ({what}; truncated?). {fix}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+            raise RunDirError(f"{self.path}: the run's manifest is damaged (not an object with a 'stages' "
+                              f"object). {fix}")
+        return data
 
     def get(self, stage: str) -> dict:
         return self.data["stages"].get(stage, {})
@@ -174,11 +233,148 @@ class Manifest:
         self.save()
 
     def record_resume(self, stage: str, from_step: int) -> None:
-        self.data.setdefault("resumes", []).append({"stage": stage, "from_step": from_step, "time": time.time()})
+        self.record("resumes", stage=stage, from_step=from_step)
+
+    def record(self, kind: str, **entry: Any) -> None:
+        """Append an event to the list ``kind`` (``resumes``, ``reconciled``, ``config_changes``, ``recovered``)."""
+        self.data.setdefault(kind, []).append({**entry, "time": time.time()})
         self.save()
+
+    def started(self) -> dict[str, dict]:
+        """The stages with work on disk: done, or with steps recorded."""
+        return {k: v for k, v in self.data["stages"].items() if v.get("done") or v.get("steps_done")}
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+
+# -- config drift on resume ---------------------------------------------------------------------------
+
+# Which stages a config key shapes, by its first part: a changed key matters only when one of these stages
+# has work in the run folder. Keys of NEUTRAL sections never change results (paths, logging, checkpoint
+# cadence, placement, the plan itself); any other section (model, data, seed, train, rollout) shapes every
+# stage.
+KEY_STAGES = {"sft": ("sft",), "grpo": ("grpo",), "prune": ("grpo",), "verify": ("verify",),
+              "preference": ("preference",), "eval": ("eval",)}
+NEUTRAL = frozenset({"name", "output_dir", "resume", "allow_config_changes", "logging", "checkpoint", "ray",
+                     "stages", "iterations"})
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"grpo": {"steps": 3}}`` -> ``{"grpo.steps": 3}`` (lists stay whole)."""
+    if not isinstance(d, dict) or (prefix and not d):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value differs between the recorded config `old` and `new` (both plain data): key ->
+    (old, new). A key only `new` has is a change when it fills what was a value or an empty mapping in
+    `old` (``rollout.vllm_kwargs: {}`` -> ``{max_model_len: 2048}``); else it is a newer veripo's key."""
+    a, b = flatten(old), flatten(new)
+    changed = {k: (a[k], b[k]) for k in a if k in b and a[k] != b[k]}
+    gone = {k: (a[k], None) for k in a if k not in b and a[k] not in (None, {}) and not any(
+        x.startswith(k + ".") for x in b)}
+    added = {k: (None, b[k]) for k in b if k not in a and any(k.startswith(p + ".") for p in a)}
+    return changed | gone | added
+
+
+def stages_shaped_by(key: str, stage_ids: Iterable[str]) -> list[str]:
+    """The stage ids among `stage_ids` whose results the config key `key` shapes."""
+    head = key.split(".", 1)[0]
+    if head in NEUTRAL:
+        return []
+    kinds = KEY_STAGES.get(head)
+    out = []
+    for sid in stage_ids:
+        parsed = RunDir.parse_stage_id(sid)
+        kind = parsed[1] if parsed else sid
+        if kinds is None or kind.split("_", 1)[0] in kinds:
+            out.append(sid)
+    return out
+
+
+def allowed(key: str, allow: Iterable[str]) -> bool:
+    """`key` is named in `allow` itself or by a section above it (``grpo`` allows ``grpo.steps``)."""
+    return any(key == a or key.startswith(a + ".") for a in allow)
+
+
+def check_config_drift(recorded: Path, new: dict, manifest: Manifest, allow: Iterable[str]) -> dict:
+    """Compare the run's recorded config (``config.yaml``) with `new` before a resumed run rewrites it.
+
+    A changed key that shapes a stage with work in the folder (done, or steps recorded) is refused with a
+    `RunDirError` listing each such key, its old and new value and the stages it shapes, unless `allow`
+    names it (or its section); every change that goes through is recorded in the manifest
+    (``config_changes``). Returns the changes (key -> (old, new)).
+    """
+    import yaml
+
+    if not recorded.is_file():
+        return {}
+    try:
+        old = yaml.safe_load(recorded.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{recorded}: the run's recorded config is damaged ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0]}). Fix: restore it, or delete it to accept the current config "
+                          "as the run's (finished stages are then not checked against it)") from None
+    if not isinstance(old, dict):
+        raise RunDirError(f"{recorded}: the run's recorded config is not a mapping. Fix: restore it, or delete "
+                          "it to accept the current config as the run's")
+    allow = list(allow)
+    changes = {k: v for k, v in config_changes(old, new).items() if k.split(".")[0] != "allow_config_changes"}
+    started = list(manifest.started())
+    refused = {}
+    for key, (a, b) in changes.items():
+        shaped = stages_shaped_by(key, started)
+        if shaped and not allowed(key, allow):
+            refused[key] = (a, b, shaped)
+    if refused:
+        lines = [f"  {k}: {a!r} -> {b!r} (shapes {', '.join(s)})" for k, (a, b, s) in refused.items()]
+        keys = ",".join(refused)
+        raise RunDirError(
+            f"{recorded.parent}: this run folder holds work made with other values of {len(refused)} key(s) "
+            f"(recorded in {recorded.name}):\n" + "\n".join(lines) + "\n"
+            f"Fix: rerun with the recorded values; or start a new run (name=NEW); or accept the change with "
+            f"allow_config_changes=[{keys}] (the finished stages keep what the old values made; the change is "
+            "recorded in the manifest)")
+    if changes:
+        manifest.record("config_changes", changes={k: {"old": a, "new": b} for k, (a, b) in changes.items()},
+                        allowed=[k for k in changes if stages_shaped_by(k, started)])
+    return changes
+
+
+def open_run(cfg: Any) -> Manifest:
+    """Create (or reopen) the run folder of `cfg` (a `RunConfig`), read its manifest, check a resumed run's
+    config against the recorded one (`check_config_drift`) and record the config; returns the manifest.
+    Torch-free, so an entry point can call it before any heavy import; a `RunDirError` names the path or
+    keys and the fix."""
+    import yaml
+
+    from veripo.config import to_dict
+
+    root = RunDir.for_config(cfg).root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".veripo-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        what = e.strerror or type(e).__name__
+        if isinstance(e, (FileExistsError, NotADirectoryError)) or (root.exists() and not root.is_dir()):
+            what = "a file is in the way (output_dir or name names a file, not a folder)"
+        raise RunDirError(f"output_dir={cfg.output_dir}: cannot use the run folder {root}: {what}. Fix: set "
+                          "output_dir=PATH to a writable folder (or name=NEW)") from None
+    run = RunDir(root)
+    manifest = Manifest(run.manifest)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    changes = check_config_drift(run.config, yaml.safe_load(text), manifest, cfg.allow_config_changes)
+    for key, (old, value) in changes.items():
+        print(f"veripo: config change on resume: {key}: {old!r} -> {value!r} (recorded in the manifest)")
+    atomic_write_text(run.config, text)
+    return manifest
 
 
 # -- the paths ------------------------------------------------------------------------------------

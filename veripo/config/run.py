@@ -408,6 +408,9 @@ class RunConfig:
     output_dir: str = "runs"
     seed: int = 0
     resume: bool = True
+    # keys (or sections) whose change a resumed run accepts although finished stages used the old value
+    # (veripo.run_dir.check_config_drift); each accepted change is recorded in the manifest
+    allow_config_changes: list[str] = field(default_factory=list)
     stages: list[str] = choice(("sft", "grpo"), STAGES)
     iterations: int = 1
     model: ModelConfig = ModelConfig()

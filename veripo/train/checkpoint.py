@@ -5,12 +5,14 @@ Layout of a checkpoint folder::
     state/                 DCP files: model and optimizer state, each rank writing its own shards
     trainer_state.pt       step and LR-scheduler state (rank 0)
     rng/rank{r}.pt         torch (CPU and CUDA), Python and NumPy RNG states of rank r
-    veripo_checkpoint.json written last: step, world size, strategy; a folder without it is incomplete
+    veripo_checkpoint.json written last: step, world size, strategy (and, from the loop, the stage id and
+                           stage step it was saved after); a folder without it is incomplete
 
 DCP keeps every rank's shards as they are (no full gather on one rank) and re-shards on load, so a
 checkpoint written by N ranks loads into M ranks or a single process. Every rank writes into
 ``.<name>.tmp`` beside the target; rank 0 then renames it into place, so a crash never leaves a
-half-written checkpoint under the final name. Ranks must share the file system.
+half-written checkpoint under the final name; a kill between the two renames of `replace_dir` is repaired
+by `veripo.run_dir.finish_interrupted_replace`. Ranks must share the file system.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from veripo.faults import fault_point
-
-MARKER = "veripo_checkpoint.json"
+from veripo.run_dir import CHECKPOINT_MARKER as MARKER
 
 
 @contextlib.contextmanager
@@ -55,6 +56,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
+        fault_point("replace_dir.swap")  # the old folder is aside, the new one not yet in place
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -99,6 +101,7 @@ def save(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
         fault_point("checkpoint.write")
         replace_dir(tmp, final)
+        fault_point("checkpoint.renamed")  # committed; the loop's manifest does not know it yet
     _barrier(group)
     return final
 

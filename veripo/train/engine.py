@@ -354,9 +354,10 @@ class PolicyEngine:
         return final
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Model, optimizer, LR schedule, step and RNG states, written atomically (see `veripo.train.checkpoint`)."""
-        meta = {"strategy": self.cfg.strategy, "model_path": self.model_dir, "lora": self.is_peft}
+    def save_checkpoint(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+        """Model, optimizer, LR schedule, step and RNG states, written atomically (see `veripo.train.checkpoint`);
+        `meta` goes into its marker too (the loop's stage id and stage step)."""
+        meta = {"strategy": self.cfg.strategy, "model_path": self.model_dir, "lora": self.is_peft, **(meta or {})}
         return ckpt.save(path, self.model, self.optimizer, self.scheduler, self.step, self.rank, self.world_size,
                          self.group, meta)
 

@@ -131,8 +131,8 @@ class TrainerGroup:
         ray.wait(refs, num_returns=len(refs))
         return refs[0]
 
-    def save_checkpoint(self, path: str) -> None:
-        self._all("save_checkpoint", path)
+    def save_checkpoint(self, path: str, meta: dict | None = None) -> None:
+        self._all("save_checkpoint", path, meta)
 
     def load_checkpoint(self, path: str) -> None:
         self._all("load_checkpoint", path)

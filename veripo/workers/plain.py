@@ -173,8 +173,8 @@ class TrainerWorker:
             buckets.append(current)
         return buckets
 
-    def save_checkpoint(self, path: str) -> None:
-        self.engine.save_checkpoint(path)
+    def save_checkpoint(self, path: str, meta: dict | None = None) -> None:
+        self.engine.save_checkpoint(path, meta)
 
     def load_checkpoint(self, path: str) -> None:
         self.engine.load_checkpoint(path)
