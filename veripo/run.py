@@ -229,6 +229,11 @@ def task(cfg) -> None:
         from veripo.preflight import preflight
 
         preflight(run_cfg)
+        # the run folder (writable, manifest readable, no config drift on resume): torch-free too, so these
+        # errors also come in well under 2 s; the loop opens it again (unchanged by then)
+        from veripo.run_dir import open_run
+
+        open_run(run_cfg)
         # veripo.loop imports torch and transformers (about 5 s): only once the recipe and inputs are valid,
         # and only after main() installed the torchvision shim transformers needs on a CPU machine.
         from veripo.loop import Loop
