@@ -90,6 +90,19 @@ def test_pair_file_empty_or_malformed(tmp_path):
     preflight(cfg(stages=["preference"], preference={"pairs": good}))
 
 
+def test_pair_file_is_read_as_the_run_reads_it_under_data_skip_bad(tmp_path):
+    """A malformed first line before good pairs: an error without data.skip_bad, skipped with it (the
+    preference stage skips and counts it too); a file of bad lines only fails, saying how many."""
+    pair = json.dumps({"id": "p1", "prompt": "Q?", "chosen": "yes", "rejected": "no"})
+    mixed = write(tmp_path / "mixed.jsonl", "{broken\n" + pair + "\n")
+    with pytest.raises(UserError, match="mixed.jsonl:1"):
+        preflight(cfg(stages=["preference"], preference={"pairs": mixed}))
+    preflight(cfg(stages=["preference"], preference={"pairs": mixed}, data={"skip_bad": True}))
+    bad = write(tmp_path / "bad.jsonl", "{broken\nnot json\n")
+    with pytest.raises(PreflightError, match=r"no usable pairs in the file \(2 bad line\(s\) skipped"):
+        preflight(cfg(stages=["preference"], preference={"pairs": bad}, data={"skip_bad": True}))
+
+
 # ---- the judge endpoint ----
 
 class Stub(BaseHTTPRequestHandler):

@@ -77,23 +77,27 @@ def _readable_file(path_str: str, key: str) -> Path:
 
 def check_input_files(cfg: RunConfig) -> None:
     """Each input file the run reads exists, is readable, holds records and parses."""
-    from veripo.data import load_records
+    from veripo.data import LoadReport, load_records
 
+    skip = cfg.data.skip_bad  # as the run will read them: bad lines skipped (and counted) under data.skip_bad
     for key, value in (("data.train", cfg.data.train), ("data.test", cfg.data.test)):
         if not value:
             continue
         path = _readable_file(value, key)
-        records = _load(key, path, lambda p: load_records(p, skip_bad=cfg.data.skip_bad))
+        report = LoadReport()
+        records = _load(key, path, lambda p: load_records(p, skip_bad=skip, report=report))
         if not records:
-            raise PreflightError(f"{key}={value}: no usable records (every line was skipped). Fix: check {key}")
+            raise PreflightError(f"{key}={value}: no usable records ({report.summary(1) or 'no records'}). "
+                                 f"Fix: check {key}")
     if "preference" in cfg.stages and cfg.preference.pairs:
         path = _readable_file(cfg.preference.pairs, "preference.pairs")
         from veripo.data.pairs import load_pair_file  # imports torch: only when a pair file is given
 
-        pairs = _load("preference.pairs", path, load_pair_file)
+        report = LoadReport()
+        pairs = _load("preference.pairs", path, lambda p: load_pair_file(p, skip_bad=skip, report=report))
         if not pairs:
-            raise PreflightError(f"preference.pairs={cfg.preference.pairs}: no pairs in the file. Fix: point "
-                                 "preference.pairs at a file of pairs")
+            raise PreflightError(f"preference.pairs={cfg.preference.pairs}: no usable pairs in the file "
+                                 f"({report.summary(1) or 'no pairs'}). Fix: point preference.pairs at a file of pairs")
 
 
 def _load(key: str, path: Path, loader):

@@ -37,13 +37,13 @@ def bad_problem_type(tmp: Path) -> Outcome:
 @case("data", "empty data.train")
 def empty_train(tmp: Path) -> Outcome:
     (tmp / "train.jsonl").write_text("\n")
-    return classify(_run(tmp, tmp / "train.jsonl"), ["train.jsonl", "no usable records"])
+    return classify(_run(tmp, tmp / "train.jsonl"), ["train.jsonl", "empty"])
 
 
 @case("data", "every line bad under data.skip_bad")
 def all_bad_skipped(tmp: Path) -> Outcome:
     path = write_lines(tmp / "train.jsonl", ["not json", '{"problem_id": 1}'])
-    return classify(_run(tmp, path, "data.skip_bad=true"), ["train.jsonl", "2 line(s)"])
+    return classify(_run(tmp, path, "data.skip_bad=true"), ["train.jsonl", "no usable records", "2 bad line(s)"])
 
 
 @case("data", "data.skip_bad: two bad lines skipped, said and recorded")

@@ -22,7 +22,7 @@ def _run(tmp: Path, pairs: Path, *extra: str):
 @case("pairs", "empty preference.pairs")
 def empty(tmp: Path) -> Outcome:
     (tmp / "pairs.jsonl").write_text("")
-    return classify(_run(tmp, tmp / "pairs.jsonl"), ["pairs.jsonl", "no preference pairs"])
+    return classify(_run(tmp, tmp / "pairs.jsonl"), ["pairs.jsonl", "empty"])
 
 
 @case("pairs", "a pair whose chosen equals its rejected")
