@@ -78,20 +78,32 @@ def leaked(res: CliResult, root: Path, secret: str = CANARY) -> Outcome | None:
 
 
 class _Endpoint(BaseHTTPRequestHandler):
+    """GET /models (the preflight's probe) and POST (a judge request), misbehaving as ``server.mode``."""
+
     def log_message(self, *args):
         pass
 
-    def do_POST(self):
+    def do_GET(self):  # noqa: N802
+        if self.server.mode == "echo401":
+            self._reply(401, "application/json", json.dumps({"error": self.headers.get("Authorization", "")}))
+        elif self.server.mode == "html":
+            self._reply(200, "text/html", "<!doctype html><html><body>Sign in</body></html>")
+        else:
+            self._reply(200, "application/json", json.dumps({"data": [{"id": "served-model"}]}))
+
+    def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         auth = self.headers.get("Authorization", "")
         mode = self.server.mode
         if mode == "echo401":
-            code, ctype, text = 401, "application/json", json.dumps({"error": f"invalid key in header '{auth}'"})
+            self._reply(401, "application/json", json.dumps({"error": f"invalid key in header '{auth}'"}))
         elif mode == "html":
-            code, ctype, text = 200, "text/html", "<!doctype html><html><body>It works!</body></html>"
+            self._reply(200, "text/html", "<!doctype html><html><body>It works!</body></html>")
         else:  # garbage: a reply that is no verdict (and echoes the header)
             content = f"Sure! Here is a poem about turtles. ({auth})"
-            code, ctype, text = 200, "application/json", json.dumps({"choices": [{"message": {"content": content}}]})
+            self._reply(200, "application/json", json.dumps({"choices": [{"message": {"content": content}}]}))
+
+    def _reply(self, code: int, ctype: str, text: str) -> None:
         body = text.encode()
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -102,7 +114,8 @@ class _Endpoint(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def endpoint(mode: str) -> Iterator[str]:
-    """A FAKE OpenAI-compatible endpoint misbehaving as `mode` (echo401, html, garbage); yields its base_url."""
+    """A FAKE OpenAI-compatible endpoint (the real one is out of this machine's reach) misbehaving as `mode`
+    (echo401, html, garbage; anything else serves ``served-model`` on GET /models); yields its base_url."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
     server.mode = mode
     threading.Thread(target=server.serve_forever, daemon=True).start()

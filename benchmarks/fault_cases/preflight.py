@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from fault_cases._input import endpoint
 from faults import Outcome, case, classify, run_cli
 
 CANARY = "sk-canary-preflight-5d1e9b"
@@ -79,37 +77,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def endpoint(mode: str):
-    """A local stand-in for an OpenAI-compatible server (the real one is out of this machine's reach)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            if mode == "401":
-                code, ctype, body = 401, "application/json", json.dumps({"error": self.headers.get("Authorization")})
-            elif mode == "html":
-                code, ctype, body = 200, "text/html", "<html><body>Sign in</body></html>"
-            else:
-                code, ctype, body = 200, "application/json", json.dumps({"data": [{"id": "served-model"}]})
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def judge_overrides(url: str, model: str = "served-model") -> list[str]:
     return ["stages=[sft,grpo,verify]", "verify.judge=openai", f"verify.base_url={url}", f"verify.judge_model={model}",
             "verify.api_key_env=VP_FAULT_KEY"]
@@ -123,7 +90,7 @@ def judge_unreachable(tmp: Path) -> Outcome:
 
 @case("preflight", "judge endpoint rejects the key", config_error=True)
 def judge_401(tmp: Path) -> Outcome:
-    with endpoint("401") as url:
+    with endpoint("echo401") as url:
         return run_bad(tmp, judge_overrides(url), ["verify.base_url", "VP_FAULT_KEY"], VP_FAULT_KEY=CANARY)
 
 
