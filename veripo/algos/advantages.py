@@ -68,6 +68,17 @@ def _group_sums(values_B: Tensor, index_B: Tensor, n_groups: int) -> Tensor:
     return sums_G.index_add_(0, index_B, values_B)
 
 
+def _grouped(rewards, group_ids) -> tuple[Tensor, Tensor, list, Tensor]:
+    """Checked float rewards[B], each rollout's group index[B], the group keys and each group's size[G]."""
+    r_B = _as_float(rewards)
+    if r_B.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [B], got shape {tuple(r_B.shape)}")
+    index_B, keys = group_index(group_ids, device=r_B.device)
+    if index_B.numel() != r_B.numel():
+        raise ValueError(f"{r_B.numel()} rewards but {index_B.numel()} group ids")
+    return r_B, index_B, keys, _group_sums(torch.ones_like(r_B), index_B, len(keys))
+
+
 def _as_float(x: Tensor | Sequence[float]) -> Tensor:
     x = torch.as_tensor(x)
     return x if x.is_floating_point() else x.to(torch.get_default_dtype())
@@ -96,13 +107,7 @@ def grpo_advantages(
         Tensor[B] (rewards' float dtype and device): one advantage per rollout, to be broadcast over
         its response tokens by the policy loss.
     """
-    r_B = _as_float(rewards)
-    if r_B.dim() != 1:
-        raise ValueError(f"rewards must be 1-D [B], got shape {tuple(r_B.shape)}")
-    index_B, keys = group_index(group_ids, device=r_B.device)
-    if index_B.numel() != r_B.numel():
-        raise ValueError(f"{r_B.numel()} rewards but {index_B.numel()} group ids")
-    n_G = _group_sums(torch.ones_like(r_B), index_B, len(keys))
+    r_B, index_B, keys, n_G = _grouped(rewards, group_ids)
     mean_G = _group_sums(r_B, index_B, len(keys)) / n_G
     single_G = n_G < 2
     mean_G = torch.where(single_G, torch.zeros_like(mean_G), mean_G)
@@ -140,13 +145,7 @@ def rloo_advantages(rewards: Tensor, group_ids: GroupIds, *, eps: float = 1e-6) 
     Returns:
         Tensor[B] in rewards' float dtype.
     """
-    r_B = _as_float(rewards)
-    if r_B.dim() != 1:
-        raise ValueError(f"rewards must be 1-D [B], got shape {tuple(r_B.shape)}")
-    index_B, keys = group_index(group_ids, device=r_B.device)
-    if index_B.numel() != r_B.numel():
-        raise ValueError(f"{r_B.numel()} rewards but {index_B.numel()} group ids")
-    n_G = _group_sums(torch.ones_like(r_B), index_B, len(keys))
+    r_B, index_B, keys, n_G = _grouped(rewards, group_ids)
     sum_G = _group_sums(r_B, index_B, len(keys))
     n_B = n_G[index_B]
     others_B = (sum_G[index_B] - r_B) / (n_B - 1).clamp(min=1)
