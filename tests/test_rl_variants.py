@@ -17,22 +17,13 @@ from veripo.stages.grpo import GRPOLoss, adv_estimator_name, dynamic_sampling
 from veripo.train import PolicyBatch
 from veripo.train.engine import StepContext
 
+from test_algos import ragged_mask  # the same ragged response masks as the existing parity tests
+
 F64 = torch.float64
 
 
 def close(a, b, tol=1e-6):
     torch.testing.assert_close(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64), atol=tol, rtol=0)
-
-
-def ragged_mask(B, T, gen, empty_row=None):
-    m = torch.zeros(B, T)
-    for b in range(B):
-        start = int(torch.randint(1, T // 2, (1,), generator=gen))
-        end = int(torch.randint(start + 1, T + 1, (1,), generator=gen))
-        m[b, start:end] = 1
-    if empty_row is not None:
-        m[empty_row] = 0
-    return m
 
 
 def clip(x, lo, hi):
